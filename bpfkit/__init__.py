@@ -1,0 +1,3 @@
+"""bpfkit: a development kit for Linux MPTCP + eBPF."""
+
+__version__ = "0.1.0"

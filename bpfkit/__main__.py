@@ -1,0 +1,3 @@
+from bpfkit.cli import main
+
+raise SystemExit(main())

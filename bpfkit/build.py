@@ -1,0 +1,202 @@
+"""Compile BPF C (CO-RE) into objects, cached by content.
+
+Objects are built with `clang -target bpf -mcpu=v3 -g -O2` against a vmlinux.h
+generated from the target kernel's BTF: the running kernel's
+/sys/kernel/btf/vmlinux by default, or the .BTF section of a built `vmlinux`
+(so the host can prebuild objects for the VM kernel; the guest then finds them
+in the shared cache because both forms hash to the same BTF bytes).
+"""
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpfkit import libbpf_dist
+from bpfkit.errors import BuildError, MissingDependency, UsageError
+from bpfkit.paths import BPF_DIR, cache_dir
+
+RUNNING_KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
+CLANG_FLAGS = ["-target", "bpf", "-mcpu=v3", "-g", "-O2", "-D__TARGET_ARCH_x86", "-fno-color-diagnostics",
+               "-ferror-limit=20"]
+# Bump when the way objects are built changes, to invalidate old cache entries.
+BUILD_SCHEMA = "1"
+
+
+@dataclass(frozen=True)
+class KernelBtf:
+    """Where a target kernel's BTF comes from, and its content hash."""
+
+    path: Path
+    digest: str
+
+    @classmethod
+    def of(cls, target: str | Path | None = None) -> "KernelBtf":
+        """target: None/"running" → the running kernel; a vmlinux ELF file; or a
+        kernel build dir containing `vmlinux`."""
+        if target in (None, "running", "host"):
+            path = RUNNING_KERNEL_BTF
+            if not path.exists():
+                raise MissingDependency("the running kernel has no BTF (/sys/kernel/btf/vmlinux missing)",
+                                        hint="build the kernel with CONFIG_DEBUG_INFO_BTF=y")
+            return cls(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        path = Path(target)
+        if path.is_dir():
+            path = path / "vmlinux"
+        if not path.exists():
+            raise UsageError(f"{path}: no such vmlinux")
+        return cls(path, hashlib.sha256(_elf_btf_section(path)).hexdigest())
+
+
+def _elf_btf_section(vmlinux: Path) -> bytes:
+    from elftools.elf.elffile import ELFFile  # pyelftools
+
+    with open(vmlinux, "rb") as f:
+        try:
+            section = ELFFile(f).get_section_by_name(".BTF")
+        except Exception as exc:  # pyelftools raises its own types for non-ELF input
+            raise UsageError(f"{vmlinux}: not an ELF vmlinux ({exc})") from None
+        if section is None:
+            raise UsageError(f"{vmlinux} has no .BTF section", hint="build it with CONFIG_DEBUG_INFO_BTF=y")
+        return section.data()
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise MissingDependency(f"`{name}` is not installed", hint=f"apt-get install {package}")
+    return path
+
+
+def clang_version() -> str:
+    out = subprocess.run([_tool("clang", "clang"), "--version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "unknown"
+
+
+def vmlinux_h(btf: KernelBtf) -> Path:
+    """vmlinux.h for that BTF, generated once with bpftool and cached."""
+    target = cache_dir() / "vmlinux" / btf.digest[:16] / "vmlinux.h"
+    if target.exists():
+        return target
+    bpftool = _tool("bpftool", "bpftool")
+    result = subprocess.run([bpftool, "btf", "dump", "file", str(btf.path), "format", "c"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"bpftool could not dump BTF of {btf.path}: {result.stderr.strip()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, result.stdout.encode())
+    return target
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def _local_includes(source: Path, include_dirs: list[Path]) -> list[Path]:
+    """Quoted includes, transitively, that resolve to files we own (hashed
+    into the cache key so editing a shared header rebuilds its users)."""
+    seen: dict[Path, None] = {}
+    stack = [source]
+    while stack:
+        current = stack.pop()
+        for name in _INCLUDE.findall(current.read_text(errors="replace")):
+            if name == "vmlinux.h":
+                continue
+            for directory in [current.parent, *include_dirs]:
+                candidate = (directory / name).resolve()
+                if candidate.exists() and candidate not in seen:
+                    seen[candidate] = None
+                    stack.append(candidate)
+                    break
+    return sorted(seen)
+
+
+@dataclass(frozen=True)
+class BuiltObject:
+    path: Path
+    source: Path
+    cached: bool
+
+
+def compile_bpf(source: str | Path, *, kernel: str | Path | None = None, defines: dict[str, str] | None = None,
+                include_dirs: list[Path] | None = None) -> BuiltObject:
+    """Compile one .bpf.c; returns the cached object path.
+
+    defines values must already be validated by the caller (they reach C)."""
+    source = Path(source).resolve()
+    if not source.exists():
+        raise UsageError(f"{source}: no such BPF source file")
+    btf = KernelBtf.of(kernel)
+    header = vmlinux_h(btf)
+    libbpf_include = libbpf_dist.find().include_dir
+    includes = [header.parent, libbpf_include, BPF_DIR / "include", *(include_dirs or [])]
+    define_args = [f"-D{k}={v}" for k, v in sorted((defines or {}).items())]
+    clang = _tool("clang", "clang")
+    version = clang_version()
+
+    key = hashlib.sha256()
+    for part in (BUILD_SCHEMA, version, " ".join(CLANG_FLAGS + define_args), btf.digest,
+                 str(libbpf_include), source.name):
+        key.update(part.encode() + b"\0")
+    key.update(source.read_bytes())
+    for dep in _local_includes(source, includes[2:]):
+        key.update(str(dep.name).encode() + b"\0" + dep.read_bytes())
+    digest = key.hexdigest()[:24]
+    obj = cache_dir() / "objects" / digest / (source.name.removesuffix(".c") + ".o")
+    if obj.exists():
+        return BuiltObject(obj, source, cached=True)
+
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=obj.parent, prefix=".tmp-", suffix=".o")
+    os.close(fd)
+    cmd = [clang, *CLANG_FLAGS, *define_args, *[f"-I{d}" for d in includes], "-c", str(source), "-o", tmp]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        with contextlib.suppress(FileNotFoundError):  # clang removes its output on failure
+            os.unlink(tmp)
+        raise BuildError(format_clang_errors(result.stderr, source) or result.stderr.strip())
+    os.replace(tmp, obj)
+    return BuiltObject(obj, source, cached=False)
+
+
+_DIAG = re.compile(r"^(?P<file>[^:\s][^:]*):(?P<line>\d+):(?P<col>\d+): (?P<kind>fatal error|error|warning|note): "
+                   r"(?P<msg>.*)$")
+
+
+def format_clang_errors(stderr: str, source: Path | None = None) -> str:
+    """clang's diagnostics → `file:line: error: message` lines (no snippets,
+    no carets, no include stacks). Warnings are kept only next to errors."""
+    out = []
+    for line in stderr.splitlines():
+        m = _DIAG.match(line)
+        if not m or m["kind"] == "note":
+            continue
+        path = Path(m["file"])
+        try:
+            shown = path.resolve().relative_to(Path.cwd())
+        except ValueError:
+            shown = path
+        kind = "error" if m["kind"] == "fatal error" else m["kind"]
+        out.append(f"{shown}:{m['line']}: {kind}: {m['msg']}")
+    if not any(": error: " in line for line in out):
+        return ""
+    return "\n".join(out)
+
+
+def bpf_source(name: str) -> Path:
+    """bpf/<name>.bpf.c of the project (name may include a subdir, e.g. sched/min_rtt)."""
+    path = BPF_DIR / f"{name}.bpf.c"
+    if not path.exists():
+        raise UsageError(f"no BPF program named {name!r} (looked for {path})")
+    return path

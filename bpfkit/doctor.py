@@ -1,0 +1,259 @@
+"""`bpfkit doctor`: what this kernel and machine can do, found by trying.
+
+Each check reports a status, what it found, and which bpfkit feature it
+blocks when missing. Probes that need the kernel's word (fmod_ret, sockops)
+really load a program; nothing stays loaded or attached afterwards.
+"""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bpfkit.errors import BpfkitError
+
+OK, MISSING, WARN = "ok", "missing", "warn"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    blocks: str = ""  # what does not work while this is missing
+    hint: str = ""
+
+
+@dataclass
+class Report:
+    kernel: str
+    in_vm: bool
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def features(self) -> dict[str, bool]:
+        return {c.name: c.status == OK for c in self.checks}
+
+    def to_json(self) -> dict:
+        return {"kernel": self.kernel, "in_vm": self.in_vm, "features": self.features,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def check_btf() -> Check:
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        return Check("btf", OK, "/sys/kernel/btf/vmlinux present")
+    return Check("btf", MISSING, "/sys/kernel/btf/vmlinux missing",
+                 "building BPF objects for this kernel (CO-RE), struct_ops, fmod_ret",
+                 "build the kernel with CONFIG_DEBUG_INFO_BTF=y (bpfkit vm kernel does)")
+
+
+def check_bpffs() -> Check:
+    from bpfkit.libbpf import _fstype
+
+    if _fstype(Path("/sys/fs/bpf")) == "bpf":
+        return Check("bpffs", OK, "mounted at /sys/fs/bpf")
+    return Check("bpffs", WARN, "not mounted at /sys/fs/bpf; bpfkit mounts it when it first pins something",
+                 "nothing (mounted on demand)")
+
+
+def check_cgroup2() -> Check:
+    from bpfkit import cgroup
+
+    try:
+        return Check("cgroup2", OK, f"mounted at {cgroup.cgroup2_root()}")
+    except BpfkitError:
+        return Check("cgroup2", MISSING, "no cgroup v2 hierarchy mounted",
+                     "mptcpize scoping, subflow policies (cgroup sockops)", "mount -t cgroup2 none /sys/fs/cgroup")
+
+
+def _probe_object():
+    from bpfkit import build
+
+    return build.compile_bpf(build.bpf_source("probes")).path
+
+
+def _load_only(obj_path: Path, program: str):
+    from bpfkit import libbpf
+
+    obj = libbpf.BpfObject.open(obj_path)
+    try:
+        for name, prog in obj.programs.items():
+            prog.set_autoload(name == program)
+        obj.load()
+        return obj
+    except BaseException:
+        obj.close()
+        raise
+
+
+def check_fmod_ret() -> Check:
+    blocks = "mptcpize (cgroup-scoped TCP→MPTCP rewrite)"
+    hint = "fallback: the LD_PRELOAD wrapper `mptcpize run CMD` (Debian package mptcpize)"
+    release = platform.release()
+    major_minor = tuple(int(x) for x in release.split(".")[:2] if x.isdigit())
+    if major_minor < (6, 6):
+        return Check("fmod_ret_update_socket_protocol", MISSING, f"kernel {release} < 6.6 has no hook", blocks, hint)
+    try:
+        obj = _load_only(_probe_object(), "probe_fmod_ret")
+    except BpfkitError as exc:
+        first = str(exc).splitlines()[0]
+        return Check("fmod_ret_update_socket_protocol", MISSING, f"load refused: {first}", blocks, hint)
+    try:
+        link = obj.program("probe_fmod_ret").attach()
+        link.close()
+    except BpfkitError as exc:
+        return Check("fmod_ret_update_socket_protocol", MISSING, f"attach refused: {str(exc).splitlines()[0]}",
+                     blocks, hint)
+    finally:
+        obj.close()
+    return Check("fmod_ret_update_socket_protocol", OK, "fmod_ret program loads and attaches")
+
+
+def check_sockops() -> Check:
+    from bpfkit import cgroup
+
+    blocks = "per-subflow socket options (bpfkit subflow)"
+    try:
+        obj = _load_only(_probe_object(), "probe_sockops")
+    except BpfkitError as exc:
+        return Check("sockops", MISSING, f"load refused: {str(exc).splitlines()[0]}", blocks)
+    try:
+        with cgroup.temporary("bpfkit-doctor-") as cg:
+            obj.program("probe_sockops").attach_cgroup(cg).close()
+    except BpfkitError as exc:
+        return Check("sockops", MISSING, f"cgroup attach refused: {str(exc).splitlines()[0]}", blocks)
+    finally:
+        obj.close()
+    return Check("sockops", OK, "sockops program loads and attaches to a cgroup v2")
+
+
+def check_struct_ops() -> list[Check]:
+    from bpfkit import libbpf
+
+    try:
+        btf = libbpf.KernelBtf()
+    except BpfkitError as exc:
+        return [Check("struct_ops_mptcp_sched_ops", MISSING, str(exc), "BPF MPTCP schedulers")]
+    with btf:
+        tcp_ca = btf.has_struct("bpf_struct_ops_tcp_congestion_ops")
+        sched = btf.has_struct("bpf_struct_ops_mptcp_sched_ops")
+        iterator = btf.has_func("bpf_iter_mptcp_subflow_new")
+        in_kernel = btf.has_struct("mptcp_sched_ops")
+    checks = [Check("struct_ops", OK if tcp_ca else MISSING,
+                    "tcp_congestion_ops is exposed to BPF" if tcp_ca else "no BPF struct_ops in this kernel",
+                    "" if tcp_ca else "BPF congestion controls and schedulers",
+                    "" if tcp_ca else "6.12 needs CONFIG_MODULES=y for any struct_ops")]
+    if sched:
+        detail = "mptcp_sched_ops is a BPF struct_ops" + (" with the subflow iterator" if iterator else "")
+        checks.append(Check("struct_ops_mptcp_sched_ops", OK, detail))
+    else:
+        detail = ("the kernel has in-kernel mptcp_sched_ops but does not expose them to BPF (mainline has no "
+                  "BPF scheduler interface)" if in_kernel else "no MPTCP scheduler framework in this kernel")
+        checks.append(Check("struct_ops_mptcp_sched_ops", MISSING, detail, "BPF MPTCP schedulers (bpfkit sched)",
+                            "use the bpfkit VM kernel: `bpfkit vm run -- bpfkit sched ...`"))
+    return checks
+
+
+def check_mptcp() -> list[Check]:
+    enabled = _read("/proc/sys/net/mptcp/enabled")
+    if enabled is None:
+        return [Check("mptcp", MISSING, "no net.mptcp sysctls (CONFIG_MPTCP off?)", "everything MPTCP",
+                      "CONFIG_MPTCP=y")]
+    checks = [Check("mptcp", OK if enabled == "1" else MISSING,
+                    "net.mptcp.enabled = 1" if enabled == "1" else f"net.mptcp.enabled = {enabled}",
+                    "" if enabled == "1" else "MPTCP sockets in this netns",
+                    "" if enabled == "1" else "sysctl -w net.mptcp.enabled=1")]
+    available = _read("/proc/sys/net/mptcp/available_schedulers")
+    current = _read("/proc/sys/net/mptcp/scheduler")
+    if available is not None:
+        checks.append(Check("mptcp_schedulers", OK, f"available: {available}; selected: {current}"))
+    return checks
+
+
+def check_libbpf() -> Check:
+    from bpfkit import libbpf
+
+    try:
+        return Check("libbpf", OK, libbpf.dist().describe())
+    except BpfkitError as exc:
+        return Check("libbpf", MISSING, str(exc).splitlines()[0], "loading anything", exc.hint or "")
+
+
+def check_tool(name: str, command: list[str], blocks: str, package: str) -> Check:
+    path = shutil.which(command[0])
+    if not path:
+        return Check(name, MISSING, f"`{command[0]}` not found", blocks, f"apt-get install {package}")
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=20)
+        version = (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        version = "version unknown"
+    return Check(name, OK, f"{version} ({path})")
+
+
+def check_vm() -> list[Check]:
+    checks = []
+    # The venv's bin dir may not be on PATH when bpfkit runs as .venv/bin/bpfkit.
+    vng = shutil.which("vng") or shutil.which("vng", path=os.path.dirname(sys.executable))
+    if vng:
+        checks.append(check_tool("virtme-ng", [vng, "--version"], "", ""))
+    else:
+        checks.append(Check("virtme-ng", MISSING, "`vng` not on PATH", "the VM tier (bpfkit vm run)",
+                            "pip install virtme-ng (the project venv has it: .venv/bin)"))
+    checks.append(check_tool("qemu", ["qemu-system-x86_64", "--version"], "the VM tier", "qemu-system-x86"))
+    checks.append(check_kvm())
+    return checks
+
+
+def check_kvm() -> Check:
+    """KVM as last found by the VM runner's real boot probe (not re-probed here)."""
+    try:
+        from bpfkit import vm
+
+        status = vm.cached_accel()
+    except (ImportError, AttributeError):
+        status = None
+    if not os.path.exists("/dev/kvm"):
+        return Check("kvm", WARN, "/dev/kvm missing: VMs run under TCG (slower)", "nothing (TCG fallback)")
+    if status is None:
+        return Check("kvm", WARN, "/dev/kvm present; not probed yet (the first `bpfkit vm run` tries it)",
+                     "nothing (TCG fallback)")
+    if status == "kvm":
+        return Check("kvm", OK, "a guest boots under KVM")
+    return Check("kvm", WARN, "/dev/kvm present but guests fail under it here; VMs run under TCG (slower)",
+                 "nothing (TCG fallback)")
+
+
+def run() -> Report:
+    report = Report(kernel=platform.release(), in_vm=os.environ.get("BPFKIT_GUEST") == "1")
+    report.checks.append(Check("kernel", OK, f"Linux {platform.release()}" + (" (bpfkit VM)" if report.in_vm else "")))
+    report.checks.append(check_btf())
+    report.checks.append(check_bpffs())
+    report.checks.append(check_cgroup2())
+    report.checks.append(check_libbpf())
+    report.checks.append(check_tool("clang", ["clang", "--version"], "building BPF objects", "clang"))
+    report.checks.append(check_tool("bpftool", ["bpftool", "version"], "generating vmlinux.h", "bpftool"))
+    report.checks.extend(check_mptcp())
+    can_build = all(report.features.get(n) for n in ("btf", "libbpf", "clang", "bpftool"))
+    if can_build and os.geteuid() == 0:
+        report.checks.append(check_fmod_ret())
+        report.checks.append(check_sockops())
+    else:
+        why = "needs root" if os.geteuid() != 0 else "needs BTF, libbpf, clang and bpftool"
+        report.checks.append(Check("fmod_ret_update_socket_protocol", MISSING, f"not probed ({why})",
+                                   "mptcpize (cgroup-scoped TCP→MPTCP rewrite)"))
+        report.checks.append(Check("sockops", MISSING, f"not probed ({why})", "per-subflow socket options"))
+    report.checks.extend(check_struct_ops())
+    if not report.in_vm:
+        report.checks.extend(check_vm())
+    return report
