@@ -18,6 +18,15 @@ REQUIRE_ALL = os.environ.get("BPFKIT_REQUIRE_ALL") == "1"
 IN_VM = os.environ.get("BPFKIT_GUEST") == "1"
 
 
+TIERS = ("unit", "host", "vm")
+
+
+def pytest_collection_modifyitems(config, items):
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {untiered}")
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("vm") and not IN_VM:
         pytest.skip("vm tier: runs inside the bpfkit VM (bpfkit vm run -- .venv/bin/pytest -m vm)")
