@@ -1,0 +1,47 @@
+/* Test scheduler: every byte on the connection's first subflow.
+ * Two ops maps with the same callbacks: `first` registers through a
+ * bpf_link (.struct_ops.link), `first_nl` through a plain map update
+ * (.struct_ops), so the test covers both registration paths. */
+#include "mptcp_sched.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+SEC("struct_ops")
+void BPF_PROG(first_init, struct mptcp_sock *msk)
+{
+}
+
+SEC("struct_ops")
+void BPF_PROG(first_release, struct mptcp_sock *msk)
+{
+}
+
+SEC("struct_ops")
+int BPF_PROG(first_get_send, struct mptcp_sock *msk)
+{
+	struct mptcp_subflow_context *subflow;
+
+	mptcp_set_timeout((struct sock *)msk);
+	subflow = bpf_mptcp_subflow_ctx(msk->first);
+	if (!subflow)
+		return -1;
+
+	mptcp_subflow_set_scheduled(subflow, true);
+	return 0;
+}
+
+SEC(".struct_ops.link")
+struct mptcp_sched_ops first = {
+	.init = (void *)first_init,
+	.release = (void *)first_release,
+	.get_send = (void *)first_get_send,
+	.name = "bpf_first",
+};
+
+SEC(".struct_ops")
+struct mptcp_sched_ops first_nl = {
+	.init = (void *)first_init,
+	.release = (void *)first_release,
+	.get_send = (void *)first_get_send,
+	.name = "bpf_first_nl",
+};
