@@ -1,0 +1,368 @@
+"""Run a scenario: for each scheduler (in turn, in the same invocation, so results
+are comparable) and each repetition, build a fresh topology, select the
+scheduler, run the traffic processes, apply the timed events, collect both
+sides' results and reduce them to one run record. Measurement only; report.py
+renders tables and plots from the resulting document (results.json)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bpfkit.errors import BpfkitError, KernelUnsupported, UsageError
+from bpfkit.lab.metrics import subflow_series
+from bpfkit.lab.scenario import Event, Scenario
+from bpfkit.lab.topology import SHAPING_NOTES, Topology, detect_shaping
+
+RESULTS_FORMAT = 1
+TRAFFIC_PORT = 5201
+SAMPLE_INTERVAL_S = 0.1
+STARTUP_TIMEOUT_S = 180.0  # a bound for failures only; a TCG-emulated guest can take a minute to start Python
+
+ProgressCallback = Callable[[str, float], None]  # (status text, seconds elapsed in this run)
+
+
+class LabError(BpfkitError):
+    """A run could not be carried out (not: a run that measured a failure)."""
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM unwind like Ctrl-C so every `with Topology` tears down.
+    Only in this process: pyroute2 forks helpers and stops them with SIGTERM, and
+    a forked copy must die quietly instead of unwinding our stack (and tearing
+    down the topology it inherited)."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def traffic_spec(scenario: Scenario, seed: int) -> dict:
+    """What both traffic processes are told (JSON on their command line)."""
+    t = scenario.traffic
+    return {
+        "kind": t.kind,
+        "direction": t.direction,
+        "bytes": t.bytes,
+        "time": t.time_s,
+        "request_size": t.request_size,
+        "response_size": t.response_size,
+        "request_rate": t.request_rate,
+        "count": t.count,
+        "cbr_rate_bps": t.cbr_rate_bps,
+        "message_size": t.message_size,
+        "seed": seed,
+        "sample_interval": SAMPLE_INTERVAL_S,
+        "timeout": scenario.effective_timeout_s,
+    }
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """The child's next stdout line, or '' if it exited or stayed silent."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        return ""
+    return proc.stdout.readline().strip()
+
+
+def _path_resolver(topo: Topology) -> Callable:
+    client_addresses = {a.client: name for name, a in topo.addresses.items()}
+
+    def path_of(local, remote) -> str | None:
+        # A subflow's path is given by its client-side address, whichever end that is.
+        for end in (local, remote):
+            if end and end[0] in client_addresses:
+                return client_addresses[end[0]]
+        return None
+
+    return path_of
+
+
+class EventPlayer:
+    """Applies the scenario's events at their times after the connection started."""
+
+    def __init__(self, topo: Topology, events: tuple[Event, ...], t0: float):
+        self.topo = topo
+        self.events = events
+        self.t0 = t0
+        self.applied: list[dict] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lab-events", daemon=True)
+
+    def start(self) -> EventPlayer:
+        if self.events:
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        for event in self.events:
+            if self._stop.wait(max(0.0, self.t0 + event.at_s - time.monotonic())):
+                return
+            record = {"at_s": event.at_s, "path": event.path, "action": event.action, "description": event.describe()}
+            try:
+                note = self.apply(event)
+                if note:
+                    record["note"] = note
+            except Exception as exc:  # a failed event invalidates the run; say why
+                self.errors.append(f"event at {event.at_s:g}s ({event.describe()}): {exc}")
+            record["applied_s"] = round(time.monotonic() - self.t0, 4)
+            self.applied.append(record)
+
+    def apply(self, event: Event) -> str | None:
+        if event.action == "down":
+            self.topo.path_down(event.path)
+        elif event.action == "up":
+            self.topo.path_up(event.path)
+        else:
+            path = self.topo.paths[event.path].with_changes(event.changes)
+            self.topo.set_path(event.path, path)
+            ignored = [k for k in event.changes if k in ("delay_s", "jitter_s", "loss_pct")]
+            if self.topo.shaping == "tbf" and ignored:
+                return f"{', '.join(k.split('_')[0] for k in ignored)} not emulated (tbf)"
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def run_once(
+    scenario: Scenario,
+    scheduler: str,
+    repetition: int,
+    *,
+    shaping: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """One measurement: fresh topology, one scheduler, one connection."""
+    seed = scenario.seed + repetition
+    spec = json.dumps(traffic_spec(scenario, seed))
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="bpfkit-lab-") as tmp, Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping) as topo:
+        topo.set_scheduler(scheduler)
+        result_files = {side: Path(tmp) / f"{side}.json" for side in ("client", "server")}
+        common = ["-m", "bpfkit.lab.traffic"]
+        server = topo.popen(
+            "server",
+            [python, *common, "server", "--spec", spec, "--port", str(TRAFFIC_PORT), "--result", str(result_files["server"])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if _read_line(server, STARTUP_TIMEOUT_S) != "ready":
+            raise LabError("the traffic server did not start", hint=_failure_hint(server))
+        client = topo.popen(
+            "client",
+            [python, *common, "client", "--spec", spec, "--address", topo.server_address, "--port", str(TRAFFIC_PORT), "--result", str(result_files["client"])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = _read_line(client, STARTUP_TIMEOUT_S)
+        connected = line.startswith("connected ")
+        t0 = time.monotonic() if not connected else int(line.split()[1]) / 1e9
+        events = EventPlayer(topo, scenario.events if connected else (), t0).start()
+        timed_out = False
+        try:
+            deadline = t0 + scenario.effective_timeout_s
+            while client.poll() is None or server.poll() is None:
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                if progress:
+                    progress(f"{scheduler} #{repetition + 1}", time.monotonic() - t0)
+                time.sleep(0.2)
+        finally:
+            events.stop()
+        qdisc = topo.qdisc_stats()
+        topology_info = {
+            "namespaces": topo.namespaces,
+            "shaping": topo.shaping,
+            "addresses": {name: vars(a) for name, a in topo.addresses.items()},
+            "queue_limit_packets": {name: topo.queue_limit_packets(p) for name, p in topo.paths.items()} if topo.shaping == "netem" else None,
+        }
+        path_of = _path_resolver(topo)
+        sides = {}
+        for side, file in result_files.items():
+            try:
+                sides[side] = json.loads(file.read_text())
+            except (OSError, ValueError):
+                sides[side] = {"ok": False, "error": "no result (process killed or crashed)"}
+        shaping_used = topo.shaping
+    run = reduce_run(scenario, scheduler, repetition, seed, sides, path_of, int(t0 * 1e9))
+    run.update(shaping=shaping_used, qdisc=qdisc, events=events.applied, topology=topology_info)
+    if timed_out:
+        run["failures"].insert(0, f"timed out after {scenario.effective_timeout_s:g} s")
+    run["failures"].extend(events.errors)
+    if not connected:
+        run["failures"].insert(0, "the client did not connect")
+    run["ok"] = not run["failures"]
+    return run
+
+
+def _failure_hint(proc: subprocess.Popen) -> str | None:
+    if proc.poll() is None:
+        return None
+    return f"it exited with status {proc.returncode}"
+
+
+def reduce_run(scenario: Scenario, scheduler: str, repetition: int, seed: int, sides: dict, path_of: Callable, t0_ns: int) -> dict:
+    """Both sides' raw results → one run record (what results.json stores)."""
+    traffic = scenario.traffic
+    sender_role = traffic.data_sender
+    receiver_role = "client" if sender_role == "server" else "server"
+    sender, receiver = sides[sender_role], sides[receiver_role]
+    failures = [f"{role}: {sides[role]['error']}" for role in ("client", "server") if sides[role].get("error")]
+    kernel = sender.get("kernel") or receiver.get("kernel") or os.uname().release
+
+    goodput = transfer = None
+    completion: list[float] = []
+    if traffic.kind == "bulk" and receiver.get("t_last_byte_ns") and receiver.get("t_start_ns"):
+        transfer = (receiver["t_last_byte_ns"] - receiver["t_start_ns"]) / 1e9
+        goodput = receiver["received_bytes"] * 8 / transfer if transfer > 0 else None
+        completion = [transfer]
+    elif traffic.kind == "request-response":
+        client = sides["client"]
+        completion = client.get("completion_times_s", [])
+        if client.get("t_end_ns") and client.get("t_start_ns"):
+            transfer = (client["t_end_ns"] - client["t_start_ns"]) / 1e9
+            goodput = client.get("received_bytes", 0) * 8 / transfer if transfer > 0 else None
+    elif traffic.kind == "cbr":
+        completion = receiver.get("latencies_s", [])
+        if receiver.get("t_end_ns") and receiver.get("t_start_ns"):
+            transfer = (receiver["t_end_ns"] - receiver["t_start_ns"]) / 1e9
+            goodput = receiver.get("received_bytes", 0) * 8 / transfer if transfer > 0 else None
+
+    samples = sender.get("samples") or []
+    subflows = subflow_series(samples, t0_ns, path_of)
+    bytes_by_path: dict[str, int] = {}
+    retrans_subflows = 0
+    for sf in subflows.values():
+        acked = [v for v in sf["bytes_acked"] if v is not None]
+        retr = [v for v in sf["bytes_retrans"] if v is not None]
+        bytes_by_path[sf["path"] or "?"] = bytes_by_path.get(sf["path"] or "?", 0) + (acked[-1] if acked else 0)
+        retrans_subflows += retr[-1] if retr else 0
+    final = samples[-1]["mptcp"] if samples else {}
+
+    def compact(side: dict) -> dict:
+        keep = ("ok", "error", "sent_bytes", "received_bytes", "verified", "first_bad_offset", "fallback", "final_mptcp_info", "sampler_error", "late_requests", "requests", "messages", "peer_verdict")
+        return {k: side.get(k) for k in keep if k in side}
+
+    return {
+        "scenario": scenario.name,
+        "scheduler": scheduler,
+        "repetition": repetition,
+        "seed": seed,
+        "kernel": kernel,
+        "kind": traffic.kind,
+        "ok": not failures,
+        "failures": failures,
+        "verified": bool(receiver.get("verified")) and bool(sender.get("ok")),
+        "goodput_bps": goodput,
+        "transfer_time_s": transfer,
+        "completion_times_s": completion,
+        "bytes_by_path": bytes_by_path,
+        "retrans": {"mptcp_bytes": final.get("bytes_retrans"), "subflow_bytes": retrans_subflows},
+        "subflows": subflows,
+        "data_sender": sender_role,
+        "mptcp_counters": {role: sides[role].get("mptcp_counters", {}) for role in ("client", "server")},
+        "sides": {role: compact(sides[role]) for role in ("client", "server")},
+    }
+
+
+MPTCP_SYSCTL_DIR = Path("/proc/sys/net/mptcp")
+
+
+def check_kernel(schedulers: tuple[str, ...] | list[str]) -> None:
+    """Before anything starts: MPTCP is enabled and every scheduler is registered.
+    (Registration is global; the per-namespace sysctl only selects.)"""
+    if not MPTCP_SYSCTL_DIR.is_dir():
+        raise KernelUnsupported("this kernel has no MPTCP (no /proc/sys/net/mptcp)")
+    available_file = MPTCP_SYSCTL_DIR / "available_schedulers"
+    available = available_file.read_text().split() if available_file.exists() else ["default"]
+    unknown = [s for s in schedulers if s not in available]
+    if unknown:
+        raise UsageError(
+            f"MPTCP scheduler{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} not registered in kernel "
+            f"{os.uname().release} (available: {' '.join(available)})",
+            hint="load the BPF scheduler first (the lab only selects schedulers), or run with --vm",
+        )
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    shaping: str = "auto",
+    progress: ProgressCallback | None = None,
+    on_run_done: Callable[[dict], None] | None = None,
+) -> dict:
+    """Every scheduler × repetition on this kernel; returns the results document."""
+    if os.geteuid() != 0:
+        raise LabError("running the lab on the host needs root (network namespaces)", hint="run as root, or use --vm")
+    check_kernel(scenario.schedulers)
+    mode = detect_shaping() if shaping == "auto" else shaping
+    if mode == "netem" and detect_shaping() != "netem":
+        raise KernelUnsupported(f"kernel {os.uname().release} has no netem qdisc", hint="use --shaping tbf (rate only) or --vm")
+    started = time.monotonic()
+    doc = {
+        "format": RESULTS_FORMAT,
+        "scenario": scenario.to_dict(),
+        "kernel": os.uname().release,
+        "shaping": mode,
+        "shaping_note": SHAPING_NOTES[mode],
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "runs": [],
+    }
+    with terminate_on_sigterm():
+        for scheduler in scenario.schedulers:
+            for repetition in range(scenario.repetitions):
+                run = run_once(scenario, scheduler, repetition, shaping=mode, progress=progress)
+                doc["runs"].append(run)
+                if on_run_done:
+                    on_run_done(run)
+    doc["elapsed_s"] = round(time.monotonic() - started, 2)
+    return doc
+
+
+def write_results(doc: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_results(out_dir: Path) -> dict:
+    path = out_dir / "results.json"
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise LabError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise LabError(f"{path} is not valid JSON: {exc}") from None

@@ -1,0 +1,217 @@
+"""Byte verification of the traffic generator, over real (Unix-domain) sockets so
+no root is needed: a clean stream passes; a flipped, missing or extra byte fails
+with the exact offset; request/response and cbr check their streams too."""
+
+import socket
+import threading
+
+import pytest
+
+from bpfkit.lab import traffic
+
+pytestmark = pytest.mark.unit
+
+SPEC = {"kind": "bulk", "direction": "download", "bytes": 300_000, "time": None, "seed": 7, "timeout": 10, "sample_interval": 0.1}
+
+
+def test_pattern_is_deterministic_and_seeded():
+    a, b = traffic.PatternStream(1, "s2c"), traffic.PatternStream(1, "s2c")
+    assert a.take(100_000) == b.take(100_000)
+    assert traffic.PatternStream(2, "s2c").take(64) != traffic.PatternStream(1, "s2c").take(64)
+    assert traffic.PatternStream(1, "c2s").take(64) != traffic.PatternStream(1, "s2c").take(64)
+
+
+def test_pattern_check_accepts_any_chunking_across_period_boundaries():
+    data = traffic.PatternStream(3, "x").take(2 * traffic.PERIOD + 17)
+    receiver = traffic.PatternStream(3, "x")
+    for start in range(0, len(data), 40_000):
+        assert receiver.check(data[start : start + 40_000])
+    assert receiver.ok and receiver.offset == len(data)
+
+
+def test_pattern_is_periodic_with_a_prime_period_only():
+    data = traffic.PatternStream(5, "x").take(traffic.PERIOD + 4096)
+    assert data[traffic.PERIOD :] == data[:4096]
+    # a segment delivered 64 KiB (or any non-multiple of the period) off is caught
+    receiver = traffic.PatternStream(5, "x")
+    receiver.offset = 65536
+    assert not receiver.check(data[:1400])
+
+
+def test_pattern_check_reports_first_bad_offset():
+    data = bytearray(traffic.PatternStream(3, "x").take(200_000))
+    data[123_457] ^= 0x01
+    data[150_000] ^= 0x01
+    receiver = traffic.PatternStream(3, "x")
+    assert receiver.check(bytes(data[:100_000]))  # the first chunk is intact
+    assert not receiver.check(bytes(data[100_000:]))
+    assert receiver.first_bad_offset == 123_457
+
+
+def _pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.settimeout(10)
+    b.settimeout(10)
+    return a, b
+
+
+def _run_bulk(mutate=None, spec=SPEC):
+    """Sender side in a thread writes the pattern (possibly mutated), then
+    half-closes and reads the verdict; the receiver is bpfkit's own code."""
+    sender_sock, receiver_sock = _pair()
+    payload = bytearray(traffic.PatternStream(spec["seed"], "s2c").take(spec["bytes"]))
+    if mutate:
+        payload = mutate(payload)
+    verdicts = []
+
+    def send():
+        sender_sock.sendall(payload)
+        sender_sock.shutdown(socket.SHUT_WR)
+        verdicts.append(traffic.read_verdict(sender_sock, deadline=float("inf")))
+        sender_sock.close()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    side = traffic.Side("client", spec)
+    error = None
+    try:
+        traffic.bulk_receive(side, receiver_sock, side.stream("s2c"))
+    except traffic.TrafficFailure as exc:
+        error = str(exc)
+    receiver_sock.close()
+    thread.join()
+    return side.result, verdicts[0], error
+
+
+def test_bulk_receiver_accepts_an_intact_stream():
+    result, verdict, error = _run_bulk()
+    assert error is None
+    assert result["verified"] and result["received_bytes"] == SPEC["bytes"]
+    assert verdict == {"received_bytes": SPEC["bytes"], "verified": True, "first_bad_offset": None}
+
+
+def test_bulk_receiver_detects_a_corrupted_byte():
+    def flip(buf):
+        buf[200_001] ^= 0x80
+        return buf
+
+    result, verdict, error = _run_bulk(flip)
+    assert error == "corrupted stream: first wrong byte at offset 200001"
+    assert not result["verified"] and result["first_bad_offset"] == 200_001
+    assert verdict["verified"] is False
+
+
+def test_bulk_receiver_detects_swapped_chunks():
+    def swap(buf):
+        return buf[:1000] + buf[2000:3000] + buf[1000:2000] + buf[3000:]
+
+    result, _, error = _run_bulk(swap)
+    assert error and result["first_bad_offset"] == 1000
+
+
+def _run_bulk_sender(receiver_behaviour):
+    """bpfkit's sender against a fake receiver that reports what it wants."""
+    sender_sock, receiver_sock = _pair()
+
+    def receive():
+        got = 0
+        while chunk := receiver_sock.recv(65536):
+            got += len(chunk)
+        receiver_sock.sendall(receiver_behaviour(got))
+        receiver_sock.close()
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    side = traffic.Side("server", SPEC)
+    error = None
+    try:
+        traffic.bulk_send(side, sender_sock, side.stream("s2c"))
+    except traffic.TrafficFailure as exc:
+        error = str(exc)
+    sender_sock.close()
+    thread.join()
+    return side.result, error
+
+
+def test_bulk_sender_fails_when_receiver_counts_fewer_bytes():
+    result, error = _run_bulk_sender(lambda got: b'{"received_bytes": %d, "verified": true}\n' % (got - 1))
+    assert result["sent_bytes"] == SPEC["bytes"]
+    assert error == f"receiver verified {SPEC['bytes'] - 1} bytes (ok=True) of {SPEC['bytes']} sent"
+
+
+def test_bulk_sender_fails_without_a_verdict():
+    _, error = _run_bulk_sender(lambda got: b"")
+    assert error == "peer closed without a verdict"
+
+
+def test_bulk_sender_passes_with_a_matching_verdict():
+    result, error = _run_bulk_sender(lambda got: b'{"received_bytes": %d, "verified": true}\n' % got)
+    assert error is None and result["peer_verdict"]["verified"]
+
+
+def test_request_response_round_trip_and_corrupted_response():
+    spec = {"kind": "request-response", "request_size": 300, "response_size": 70_000, "request_rate": None, "count": 5, "seed": 2, "timeout": 10, "sample_interval": 0.1}
+    client_sock, server_sock = _pair()
+    server_side = traffic.Side("server", spec)
+
+    def serve():
+        traffic.rr_server(server_side, server_sock)
+        server_sock.close()  # as run_connection does: the client waits for EOF after the verdict
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    client_side = traffic.Side("client", spec)
+    traffic.rr_client(client_side, client_sock)
+    thread.join()
+    assert server_side.result["requests"] == 5 and server_side.result["verified"]
+    assert len(client_side.result["completion_times_s"]) == 5
+    assert all(t > 0 for t in client_side.result["completion_times_s"])
+
+    # A server whose second response is wrong: the client must notice.
+    client_sock, server_sock = _pair()
+    responses = traffic.PatternStream(2, "s2c")
+
+    def bad_server():
+        for i in range(2):
+            traffic.recv_exact(server_sock, 300, float("inf"))
+            data = bytearray(responses.take(70_000))
+            if i == 1:
+                data[5] ^= 1
+            server_sock.sendall(data)
+        server_sock.close()
+
+    thread = threading.Thread(target=bad_server)
+    thread.start()
+    with pytest.raises(traffic.TrafficFailure, match="response 1 corrupted at stream offset 70005"):
+        traffic.rr_client(traffic.Side("client", spec), client_sock)
+    thread.join()
+
+
+def test_cbr_stream_measures_latency_and_detects_a_gap():
+    spec = {"kind": "cbr", "direction": "download", "cbr_rate_bps": 2e6, "message_size": 1000, "time": 0.3, "seed": 4, "timeout": 10, "sample_interval": 0.1}
+    a, b = _pair()
+    sender = traffic.Side("server", spec)
+    thread = threading.Thread(target=traffic.cbr_send, args=(sender, a, sender.stream("s2c")))
+    thread.start()
+    receiver = traffic.Side("client", spec)
+    traffic.cbr_receive(receiver, b, receiver.stream("s2c"))
+    b.close()
+    thread.join()
+    messages = sender.result["messages"]
+    assert messages == receiver.result["messages"] == 75  # 0.3 s × 2 Mbit/s / 8000 bit
+    assert len(receiver.result["latencies_s"]) == messages and min(receiver.result["latencies_s"]) >= 0
+
+    # Drop message 3: the sequence check catches it.
+    a, b = _pair()
+    out = traffic.PatternStream(4, "s2c")
+    stream = b""
+    for seq in range(6):
+        message = traffic.CBR_HEADER.pack(seq, 0) + out.take(1000 - traffic.CBR_HEADER.size)
+        stream += b"" if seq == 3 else message
+    a.sendall(stream)
+    a.shutdown(socket.SHUT_WR)
+    receiver = traffic.Side("client", spec)
+    with pytest.raises(traffic.TrafficFailure, match="message sequence broken"):
+        traffic.cbr_receive(receiver, b, traffic.PatternStream(4, "s2c"))
+    assert receiver.result["messages"] == 3 and receiver.result["verified"] is False
+    assert a.recv(4096) == b'{"messages": 3, "verified": false}\n'  # the verdict the sender gets
