@@ -18,7 +18,7 @@ IPPROTO_MPTCP = 262
 
 def _doctor() -> dict:
     out = subprocess.run([sys.executable, "-m", "bpfkit", "doctor", "--json"], capture_output=True, text=True,
-                         check=True, timeout=300)
+                         check=True, timeout=900)
     return json.loads(out.stdout)
 
 
