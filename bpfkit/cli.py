@@ -13,6 +13,9 @@ COMMAND_MODULES = [
     "bpfkit.commands.doctor",
     "bpfkit.commands.build",
     "bpfkit.commands.vm",
+    "bpfkit.commands.subflow",
+    "bpfkit.commands.mptcpize",
+    "bpfkit.commands.lab",
 ]
 
 

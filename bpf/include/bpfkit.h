@@ -31,5 +31,7 @@
 #define IPV6_TCLASS 67
 
 #define TCP_CA_NAME_MAX 16
+/* task->comm size (TASK_COMM_LEN; an enum in vmlinux.h only on some kernels). */
+#define BPFKIT_COMM_LEN 16
 
 #endif

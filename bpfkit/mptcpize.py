@@ -1,0 +1,767 @@
+"""Cgroup-scoped TCP→MPTCP rewrite (bpf/mptcpify.bpf.c): attach, detach, status, run.
+
+One global fmod_ret program on update_socket_protocol serves every selected
+cgroup; the cgroups are entries of a map, so adding or removing one is a map
+update, never a reload. Everything lives pinned under PIN_DIR, so the
+rewrite outlives the command that set it up:
+
+    PIN_DIR/selected_cgroups   cgroup id -> (rewrite count, families, #exclusions)
+    PIN_DIR/excluded_comms     (cgroup id, executable name) -> 1
+    PIN_DIR/link               the attached program (pinned LAST: the commit point)
+
+Crash safety (a kill -9 at any point leaves a complete attachment or nothing):
+  * first attach: load, fill the maps, attach, pin the maps, pin the link. Until
+    the link pin exists, the link and program live only in this process's fds
+    and die with it; map pins without a link pin are leftovers that the next
+    attach/detach/status removes ("no link pin" == "not attached").
+  * adding a cgroup to a live attachment: exclusions first (only consulted once
+    the cgroup is selected), then the one map update that selects the cgroup.
+  * detach: the one map delete that unselects the cgroup, then its exclusions;
+    after the last cgroup, the link pin, then the map pins.
+All of this runs under an exclusive flock on PIN_ROOT, so no two bpfkit
+processes interleave and garbage collection never sees another's half-done work.
+(bpffs does support rename(2), so "pin into a temp dir and rename it" would also
+work for the first attach, but not for detach; "link pin last" covers both.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpfkit import cgroup, libbpf
+from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, LoadError, UsageError
+from bpfkit.paths import PIN_ROOT, TEMPLATES_DIR
+
+PROGRAM = "mptcpify"
+PIN_DIR = PIN_ROOT / "mptcpize"
+LINK_PIN = PIN_DIR / "link"
+CGROUPS_MAP = "selected_cgroups"
+EXCLUDED_MAP = "excluded_comms"
+MAP_NAMES = (CGROUPS_MAP, EXCLUDED_MAP)
+
+# Keep in sync with bpf/mptcpify.bpf.c.
+MAX_CGROUP_DEPTH = 32
+COMM_LEN = 16
+FAMILY_BITS = {"inet": 1 << 0, "inet6": 1 << 1}
+_VALUE = struct.Struct("<QII")  # struct selected_cgroup: rewrites, families, exclusions
+_EXCLUSION_KEY = struct.Struct("<Q16s")  # struct exclusion_key: cgroup id, comm
+
+# Test-only hook: SIGKILL ourselves right after the named step, to prove that
+# an interrupted attach/detach leaves a complete attachment or nothing.
+KILL_AT_ENV = "BPFKIT_MPTCPIZE_KILL_AT"
+
+# Where `attach --persist` records attachments for bpfkit-mptcpize.service to
+# restore at boot (relative to --root; cgroup ids change across boots, paths don't).
+STATE_FILE = Path("etc/bpfkit/mptcpize.json")
+SYSTEMD_DIR = Path("etc/systemd/system")
+DROPIN_NAME = "bpfkit-mptcpize.conf"
+BOOT_SERVICE = "bpfkit-mptcpize.service"
+UNIT_SEARCH_DIRS = ("etc/systemd/system", "run/systemd/system", "run/systemd/transient", "run/systemd/generator",
+                    "usr/local/lib/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
+
+SYSTEMCTL = "systemctl"  # tests point this at a stand-in
+
+FALLBACK_HINT = ("use the LD_PRELOAD fallback instead: `mptcpize run CMD [ARGS]` (Debian package mptcpize); "
+                 "it misses statically linked programs and those that bypass libc (e.g. Go)")
+
+
+def _step(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- input validation
+
+# systemd's unit name grammar: [A-Za-z0-9:_.\\-]+, at most one "@", a type suffix.
+_UNIT_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9:_.\\-]+)(?P<at>@(?P<instance>[A-Za-z0-9:_.\\-]*))?"
+                      r"\.(?P<type>service|scope|slice)$")
+_COMM_RE = re.compile(r"^[A-Za-z0-9._+@:=,][A-Za-z0-9._+@:=,-]*$")
+_SAFE_EXEC_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+@-]+$")
+
+
+def validate_unit(name: str, *, types=("service", "scope", "slice"), allow_template: bool = False) -> str:
+    """A systemd unit name as given by the user, checked strictly (it reaches
+    systemctl's argv and a path under /etc/systemd/system). A bare name gets
+    `.service`, as systemctl does."""
+    if not isinstance(name, str) or not name:
+        raise UsageError("empty unit name")
+    full = name if re.search(r"\.(service|scope|slice|socket|target|timer|mount|path|device|swap)$", name) \
+        else f"{name}.service"
+    m = _UNIT_RE.match(full)
+    if len(full) > 255 or not m or full.startswith(("-", ".")) or ".." in full:
+        raise UsageError(f"invalid unit name {name!r}",
+                         hint="expected e.g. nginx.service or getty@tty1.service (letters, digits, :_.\\- and one @)")
+    if m["type"] not in types:
+        raise UsageError(f"{full}: a .{m['type']} unit is not supported here (expected .{' or .'.join(types)})")
+    if m["at"] and not m["instance"] and not allow_template:
+        raise UsageError(f"{full} is a template; name an instance (e.g. {m['prefix']}@NAME.{m['type']})")
+    return full
+
+
+def validate_comm(name: str) -> str:
+    """An executable name to exclude: what the kernel keeps as comm (15 bytes)."""
+    raw = name.encode()
+    if not raw or len(raw) >= COMM_LEN:
+        raise UsageError(f"--exclude {name!r}: executable names are 1 to {COMM_LEN - 1} bytes",
+                         hint=f"the kernel truncates process names to {COMM_LEN - 1} bytes; give the truncated name"
+                              f" ({name[:COMM_LEN - 1]!r})")
+    if not _COMM_RE.match(name):
+        raise UsageError(f"--exclude {name!r}: only letters, digits and ._+@:=,- are accepted")
+    return name
+
+
+@dataclass(frozen=True)
+class Options:
+    """What an attachment rewrites: socket families, and executables left alone."""
+
+    families: tuple[str, ...] = ("inet", "inet6")
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, family: str = "all", exclude=()) -> "Options":
+        if family == "all":
+            families = ("inet", "inet6")
+        elif family in FAMILY_BITS:
+            families = (family,)
+        else:
+            raise UsageError(f"--family {family!r}: expected inet, inet6 or all")
+        return cls(families, tuple(sorted({validate_comm(c) for c in exclude})))
+
+    @property
+    def family_mask(self) -> int:
+        return sum(FAMILY_BITS[f] for f in self.families)
+
+    @property
+    def family(self) -> str:
+        return self.families[0] if len(self.families) == 1 else "all"
+
+    def cli_args(self) -> list[str]:
+        args = [] if self.family == "all" else [f"--family={self.family}"]
+        return args + [f"--exclude={c}" for c in self.exclude]
+
+    def to_json(self) -> dict:
+        return {"families": list(self.families), "exclude": list(self.exclude)}
+
+
+# --------------------------------------------------------------------------- cgroups
+
+def _cgroup_level(path: Path) -> int:
+    return len(path.relative_to(cgroup.cgroup2_root()).parts)
+
+
+def target_cgroup(path: str | Path) -> Path:
+    """A user-given cgroup, checked: exists, cgroup v2, not the root, not too deep."""
+    resolved = cgroup.resolve(path)
+    level = _cgroup_level(resolved)
+    if level == 0:
+        raise UsageError(f"{resolved} is the root cgroup: that would rewrite every TCP socket of the machine",
+                         hint="select the cgroup of a service or a slice")
+    if level > MAX_CGROUP_DEPTH:
+        raise UsageError(f"{resolved} is {level} levels deep; the BPF program walks at most {MAX_CGROUP_DEPTH}")
+    return resolved
+
+
+def unit_cgroup(unit: str) -> Path:
+    """The cgroup of a running systemd unit (systemctl show ControlGroup)."""
+    unit = validate_unit(unit)
+    try:
+        out = subprocess.run([SYSTEMCTL, "show", "--property=LoadState,ActiveState,ControlGroup", unit],
+                             capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise UsageError(f"--unit {unit}: systemctl is not installed", hint="use --cgroup PATH") from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"--unit {unit}: systemctl did not answer within 30 s") from None
+    if out.returncode != 0:
+        reason = " ".join(out.stderr.split()) or f"exit status {out.returncode}"
+        raise UsageError(f"cannot look up unit {unit}: {reason}", hint="is systemd running here? else use --cgroup PATH")
+    props = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    if props.get("LoadState") == "not-found":
+        raise UsageError(f"unit {unit} does not exist", hint="check the name with `systemctl list-units`")
+    control_group = props.get("ControlGroup", "")
+    if not control_group:
+        state = props.get("ActiveState", "unknown")
+        raise UsageError(f"unit {unit} is not running ({state}), so it has no cgroup",
+                         hint=f"start it, or `bpfkit mptcpize enable {unit}` to attach at each start")
+    return target_cgroup(control_group.lstrip("/"))
+
+
+def cgroup_paths(ids) -> dict[int, Path]:
+    """cgroup id -> directory, for those of `ids` that still exist."""
+    wanted, found = set(ids), {}
+    if not wanted:
+        return found
+    root = cgroup.cgroup2_root()
+    for dirpath, _dirs, _files in os.walk(root):
+        with contextlib.suppress(OSError):  # removed while walking
+            ino = os.stat(dirpath).st_ino
+            if ino in wanted:
+                found[ino] = Path(dirpath)
+                if len(found) == len(wanted):
+                    break
+    return found
+
+
+# --------------------------------------------------------------------------- pinned state
+
+@contextlib.contextmanager
+def _locked():
+    """Exclusive lock between bpfkit processes touching PIN_DIR (released by
+    the kernel if we die). PIN_ROOT is never removed, so it is safe to lock."""
+    libbpf.ensure_bpffs()
+    PIN_ROOT.mkdir(parents=True, exist_ok=True)
+    fd = os.open(PIN_ROOT, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _step("locked")
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Pinned:
+    """The live attachment, reopened from its pins."""
+
+    link: libbpf.Link
+    cgroups: libbpf.Map
+    excluded: libbpf.Map
+
+    @classmethod
+    def open(cls) -> "Pinned | None":
+        """None when not attached (no link pin)."""
+        if not LINK_PIN.exists():
+            return None
+        link = libbpf.Link.from_pin(LINK_PIN)
+        try:
+            maps = [libbpf.Map.from_pin(PIN_DIR / name) for name in MAP_NAMES]
+        except BpfkitError as exc:
+            link.close()
+            raise AttachError(f"the mptcpize pins under {PIN_DIR} are inconsistent: {exc}",
+                              hint="bpfkit mptcpize detach --all") from None
+        return cls(link, *maps)
+
+    def selected(self) -> dict[int, tuple[int, int, int]]:
+        """cgroup id -> (rewrites, family mask, exclusion count)."""
+        return {int.from_bytes(k, "little"): _VALUE.unpack(v) for k, v in self.cgroups.items()}
+
+    def exclusions(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for key in self.excluded.keys():
+            cg_id, comm = _EXCLUSION_KEY.unpack(key)
+            out.setdefault(cg_id, []).append(comm.rstrip(b"\0").decode(errors="replace"))
+        return {k: sorted(v) for k, v in out.items()}
+
+    def remove_exclusions(self, cg_id: int) -> None:
+        for key in list(self.excluded.keys()):
+            if _EXCLUSION_KEY.unpack(key)[0] == cg_id:
+                self.excluded.delete(key)
+
+    def close(self) -> None:
+        self.link.close()
+        self.cgroups.close()
+        self.excluded.close()
+
+
+def _unpin_all() -> None:
+    """Remove the attachment: link pin first (detaches now), then map pins."""
+    if LINK_PIN.exists():
+        link = libbpf.Link.from_pin(LINK_PIN)
+        link.detach()  # BPF_LINK_DETACH if supported; the last reference goes with the pin and our fd
+        _step("link-unpinned")
+    for name in MAP_NAMES:
+        with contextlib.suppress(FileNotFoundError):
+            (PIN_DIR / name).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        PIN_DIR.rmdir()
+
+
+def _collect_garbage(pinned: Pinned | None, *, stale_cgroups: bool) -> tuple[Pinned | None, list[int]]:
+    """Remove what an interrupted attach/detach or a vanished cgroup left.
+    Returns the attachment still standing (or None) and the cgroup ids dropped."""
+    if pinned is None:
+        if PIN_DIR.exists():  # map pins without a link pin: never committed
+            _unpin_all()
+        return None, []
+    dropped = []
+    selected = pinned.selected()
+    if stale_cgroups:
+        alive = cgroup_paths(selected)
+        for cg_id in selected:
+            if cg_id not in alive:
+                pinned.cgroups.delete(cg_id)
+                dropped.append(cg_id)
+        selected = {k: v for k, v in selected.items() if k in alive}
+    for cg_id in pinned.exclusions():
+        if cg_id not in selected:  # unselected, or never selected (interrupted attach)
+            pinned.remove_exclusions(cg_id)
+    if not selected:  # an interrupted last detach: the program rewrites nothing
+        pinned.close()
+        _unpin_all()
+        return None, dropped
+    return pinned, dropped
+
+
+# --------------------------------------------------------------------------- kernel support
+
+def _unsupported(detail: str) -> KernelUnsupported:
+    return KernelUnsupported(f"this kernel ({platform.release()}) cannot rewrite sockets to MPTCP "
+                             f"(fmod_ret on update_socket_protocol): {detail}",
+                             hint=FALLBACK_HINT)
+
+
+def _check_mptcp_enabled() -> None:
+    # A rewritten socket() fails (ENOPROTOOPT / EPROTONOSUPPORT) where MPTCP is
+    # off, which would break every TCP client in the cgroup.
+    try:
+        enabled = Path("/proc/sys/net/mptcp/enabled").read_text().strip()
+    except OSError:
+        raise _unsupported("no MPTCP support (no /proc/sys/net/mptcp; CONFIG_MPTCP off?)") from None
+    if enabled != "1":
+        raise UsageError("MPTCP is disabled in this network namespace (net.mptcp.enabled = "
+                         f"{enabled}): rewritten sockets would fail to be created",
+                         hint="sysctl -w net.mptcp.enabled=1")
+
+
+def _check_kernel() -> None:
+    """Refuse early, without loading anything, what is known not to work."""
+    from bpfkit import doctor
+
+    btf = doctor.check_btf()
+    if btf.status != doctor.OK:
+        raise _unsupported(f"no BTF ({btf.detail})")
+    release = tuple(int(x) for x in platform.release().split(".")[:2] if x.isdigit())
+    if release < (6, 6):
+        raise _unsupported(doctor.check_fmod_ret().detail)  # it says: < 6.6 has no hook
+
+
+@contextlib.contextmanager
+def _kernel_refusal_explained():
+    """A refused load/attach: ask `bpfkit doctor`'s own fmod_ret probe why, so
+    the user reads the same reason doctor gives. Other failures pass through."""
+    from bpfkit import doctor
+
+    try:
+        yield
+    except (LoadError, AttachError) as exc:
+        check = doctor.check_fmod_ret()
+        if check.status != doctor.OK:
+            raise _unsupported(check.detail) from exc
+        raise
+
+
+@functools.cache
+def _object_path() -> Path:
+    """The compiled program, once per process: even a cache hit of
+    compile_bpf runs `clang --version` and hashes the kernel BTF, which is
+    slow in an emulated VM and pointless more than once."""
+    from bpfkit import build
+
+    return build.compile_bpf(build.bpf_source(PROGRAM)).path
+
+
+def _load_program() -> libbpf.BpfObject:
+    _check_kernel()
+    obj = libbpf.BpfObject.open(_object_path())
+    try:
+        with _kernel_refusal_explained():
+            obj.load()
+    except BaseException:
+        obj.close()
+        raise
+    _step("loaded")
+    return obj
+
+
+# --------------------------------------------------------------------------- attach / detach
+
+@dataclass
+class AttachResult:
+    cgroup: Path
+    cgroup_id: int
+    created: bool  # the program was loaded by this call
+    already: bool  # the cgroup was attached before (nothing changed)
+    program_id: int = 0
+    link_id: int = 0
+
+
+def _select(pinned_maps: tuple[libbpf.Map, libbpf.Map], cg_id: int, options: Options) -> None:
+    cgroups_map, excluded_map = pinned_maps
+    # Exclusions first: they only count once the cgroup is selected.
+    for comm in options.exclude:
+        excluded_map.update(_EXCLUSION_KEY.pack(cg_id, comm.encode()), 1)
+    _step("exclusions-written")
+    cgroups_map.update(cg_id, _VALUE.pack(0, options.family_mask, len(options.exclude)), libbpf.BPF_NOEXIST)
+    _step("cgroup-selected")
+
+
+def _options_of(pinned: Pinned, cg_id: int) -> Options:
+    _rewrites, mask, _count = pinned.selected()[cg_id]
+    families = tuple(f for f, bit in FAMILY_BITS.items() if mask & bit)
+    return Options(families, tuple(pinned.exclusions().get(cg_id, [])))
+
+
+def _create(cg_id: int, options: Options) -> tuple[int, int]:
+    """First attachment: load, fill the maps, attach, pin the maps, pin the
+    link (the commit point). Until then everything dies with this process."""
+    obj = _load_program()
+    link = None
+    pinned_paths: list[Path] = []
+    try:
+        _select((obj.map(CGROUPS_MAP), obj.map(EXCLUDED_MAP)), cg_id, options)
+        with _kernel_refusal_explained():
+            link = obj.program(PROGRAM).attach()
+        _step("link-attached")
+        for name in MAP_NAMES:
+            pinned_paths.append(obj.map(name).pin(PIN_DIR / name))
+            _step(f"pinned-{name}")
+        info = link.info()
+        link.pin(LINK_PIN)
+        _step("link-pinned")
+        return info["prog_id"], info["id"]
+    except BaseException:
+        for path in pinned_paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            PIN_DIR.rmdir()
+        raise
+    finally:
+        if link is not None:
+            link.close()  # detaches unless pinned
+        obj.close()
+
+
+def attach(path: str | Path, options: Options = Options()) -> AttachResult:
+    """Select a cgroup (and its descendants) for the rewrite. Idempotent."""
+    cg = target_cgroup(path)
+    cg_id = cgroup.cgroup_id(cg)
+    _check_mptcp_enabled()
+    with _locked():
+        pinned, _ = _collect_garbage(Pinned.open(), stale_cgroups=False)
+        if pinned is None:
+            prog_id, link_id = _create(cg_id, options)
+            return AttachResult(cg, cg_id, created=True, already=False, program_id=prog_id, link_id=link_id)
+        try:
+            info = pinned.link.info()
+            if cg_id in pinned.selected():
+                current = _options_of(pinned, cg_id)
+                if current != options:
+                    raise UsageError(f"{cg} is already attached with other options ({_describe(current)})",
+                                     hint="detach it first to change them")
+                return AttachResult(cg, cg_id, False, True, info["prog_id"], info["id"])
+            _select((pinned.cgroups, pinned.excluded), cg_id, options)
+            return AttachResult(cg, cg_id, False, False, info["prog_id"], info["id"])
+        finally:
+            pinned.close()
+
+
+def _describe(options: Options) -> str:
+    text = "families " + "+".join(options.families)
+    return text + (f", excluding {', '.join(options.exclude)}" if options.exclude else "")
+
+
+@dataclass
+class DetachResult:
+    cgroup_id: int
+    was_attached: bool
+    removed_program: bool  # that was the last cgroup
+
+
+def detach(path: str | Path | None = None, *, cgroup_id: int | None = None) -> DetachResult:
+    """Unselect a cgroup; after the last one, remove the program and pins."""
+    if cgroup_id is None:
+        cgroup_id = cgroup.cgroup_id(cgroup.resolve(path))
+    with _locked():
+        pinned, _ = _collect_garbage(Pinned.open(), stale_cgroups=True)
+        if pinned is None:
+            return DetachResult(cgroup_id, False, False)
+        try:
+            was_attached = pinned.cgroups.delete(cgroup_id)
+            _step("cgroup-unselected")
+            pinned.remove_exclusions(cgroup_id)
+            _step("exclusions-removed")
+            last = not pinned.selected()
+        finally:
+            pinned.close()
+        if last:
+            _unpin_all()
+        return DetachResult(cgroup_id, was_attached, last)
+
+
+def detach_all() -> bool:
+    """Remove the program and every pin, whatever state they are in."""
+    with _locked():
+        existed = PIN_DIR.exists()
+        _unpin_all()
+        return existed
+
+
+# --------------------------------------------------------------------------- status
+
+def status(*, root: Path = Path("/")) -> dict:
+    """What is attached: cgroups (path, id, rewrite count, options), pins, ids."""
+    pins = {"dir": str(PIN_DIR), "link": str(LINK_PIN), "maps": {n: str(PIN_DIR / n) for n in MAP_NAMES}}
+    result = {"attached": False, "program_id": None, "link_id": None, "pins": pins, "cgroups": [],
+              "collected_stale_cgroup_ids": [], "persistent": load_state(root)}
+    with _locked():
+        pinned, dropped = _collect_garbage(Pinned.open(), stale_cgroups=True)
+        result["collected_stale_cgroup_ids"] = dropped
+        if pinned is None:
+            return result
+        try:
+            info = pinned.link.info()
+            selected = pinned.selected()
+            exclusions = pinned.exclusions()
+        finally:
+            pinned.close()
+    paths = cgroup_paths(selected)
+    result.update(attached=True, program_id=info["prog_id"], link_id=info["id"])
+    for cg_id, (rewrites, mask, _count) in sorted(selected.items()):
+        result["cgroups"].append({
+            "path": str(paths[cg_id]) if cg_id in paths else None,
+            "id": cg_id,
+            "rewrites": rewrites,
+            "families": [f for f, bit in FAMILY_BITS.items() if mask & bit],
+            "exclude": exclusions.get(cg_id, []),
+        })
+    return result
+
+
+# --------------------------------------------------------------------------- run one command
+
+def run(command: list[str], options: Options = Options()) -> int:
+    """Run CMD in a transient cgroup selected for the rewrite; remove both
+    after. Returns CMD's exit status (128+N if killed by signal N)."""
+    if not command:
+        raise UsageError("no command given (expected: bpfkit mptcpize run -- CMD [ARGS...])")
+    with cgroup.temporary("bpfkit-mptcpize-run-") as cg:
+        attach(cg, options)
+        try:
+            return _run_in(cg, command)
+        finally:
+            detach(cg)
+
+
+def _run_in(cg: Path, command: list[str]) -> int:
+    procs_file = str(cg / "cgroup.procs")
+
+    def join_cgroup() -> None:  # in the child, before exec: its first socket is already in scope
+        fd = os.open(procs_file, os.O_WRONLY)
+        try:
+            os.write(fd, b"0\n")
+        finally:
+            os.close(fd)
+
+    try:
+        proc = subprocess.Popen(command, preexec_fn=join_cgroup)
+    except FileNotFoundError:
+        print(f"bpfkit: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"bpfkit: {command[0]}: permission denied", file=sys.stderr)
+        return 126
+    # Ctrl-C reaches the child through the terminal; we stay alive to clean up.
+    # SIGTERM/SIGHUP sent to us are passed on.
+    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGHUP: signal.signal(signal.SIGHUP, forward)}
+    try:
+        code = proc.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 - code if code < 0 else code
+
+
+# --------------------------------------------------------------------------- persistence, systemd
+
+def _state_path(root: Path) -> Path:
+    return Path(root) / STATE_FILE
+
+
+def load_state(root: Path = Path("/")) -> list[dict]:
+    path = _state_path(root)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable state file ({exc})") from None
+    return list(data.get("attachments", []))
+
+
+def _save_state(root: Path, attachments: list[dict]) -> None:
+    path = _state_path(root)
+    if not attachments:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, "attachments": attachments}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _relative_cgroup(cg: Path) -> str:
+    return str(cg.relative_to(cgroup.cgroup2_root()))
+
+
+def persist(cg: Path, options: Options, root: Path = Path("/")) -> Path:
+    """Record an attachment for the boot service, and install that service."""
+    relative = _relative_cgroup(cg)
+    entries = [e for e in load_state(root) if e.get("cgroup") != relative]
+    entries.append({"cgroup": relative, **options.to_json()})
+    _save_state(root, entries)
+    install_boot_service(root)
+    return _state_path(root)
+
+
+def forget(cg: Path, root: Path = Path("/")) -> bool:
+    relative = _relative_cgroup(cg)
+    entries = load_state(root)
+    kept = [e for e in entries if e.get("cgroup") != relative]
+    if len(kept) != len(entries):
+        _save_state(root, kept)
+    return len(kept) != len(entries)
+
+
+def restore(root: Path = Path("/")) -> tuple[list[str], list[str]]:
+    """Attach every recorded cgroup that exists (at boot). Returns (attached, skipped)."""
+    attached, skipped = [], []
+    for entry in load_state(root):
+        relative = entry.get("cgroup", "")
+        try:
+            options = Options.of("all" if len(entry.get("families", [])) != 1 else entry["families"][0],
+                                 entry.get("exclude", []))
+            attach(relative, options)
+            attached.append(relative)
+        except UsageError as exc:
+            skipped.append(f"{relative}: {exc.message}")
+    return attached, skipped
+
+
+def bpfkit_executable() -> str:
+    """Absolute path of the bpfkit command, for ExecStart= lines."""
+    beside_python = Path(sys.executable).parent / "bpfkit"
+    found = str(beside_python) if beside_python.exists() else shutil.which("bpfkit")
+    if not found:
+        raise UsageError("cannot find the bpfkit executable to put in the unit files",
+                         hint="install bpfkit so that `bpfkit` is on PATH")
+    if not _SAFE_EXEC_PATH_RE.match(found):
+        raise UsageError(f"bpfkit lives at {found!r}, a path systemd Exec lines would need quoting for",
+                         hint="install it under a plain path such as /usr/local/bin")
+    return found
+
+
+def _templates():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "mptcpize"),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+def render_dropin(unit: str, options: Options = Options(), bpfkit: str | None = None) -> str:
+    unit = validate_unit(unit, types=("service",), allow_template=True)
+    return _templates().get_template("dropin.conf.j2").render(
+        unit=unit, bpfkit=bpfkit or bpfkit_executable(), options=" ".join(options.cli_args()))
+
+
+def render_boot_service(bpfkit: str | None = None, state_file: Path = Path("/") / STATE_FILE) -> str:
+    return _templates().get_template("bpfkit-mptcpize.service.j2").render(
+        bpfkit=bpfkit or bpfkit_executable(), state_file=str(state_file))
+
+
+def _systemd_running(root: Path) -> bool:
+    return Path(root) == Path("/") and Path("/run/systemd/system").is_dir()
+
+
+def _daemon_reload(root: Path) -> bool:
+    if not _systemd_running(root):
+        return False
+    subprocess.run([SYSTEMCTL, "daemon-reload"], check=False, timeout=120)
+    return True
+
+
+def install_boot_service(root: Path = Path("/")) -> Path:
+    """Write bpfkit-mptcpize.service and enable it (the [Install] symlink, as
+    `systemctl enable` makes it, so this works offline and under --root)."""
+    unit_dir = Path(root) / SYSTEMD_DIR
+    unit_path = unit_dir / BOOT_SERVICE
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    unit_path.write_text(render_boot_service())
+    wants = unit_dir / "multi-user.target.wants"
+    wants.mkdir(exist_ok=True)
+    link = wants / BOOT_SERVICE
+    if not link.is_symlink():
+        link.symlink_to(Path("/") / SYSTEMD_DIR / BOOT_SERVICE)
+    _daemon_reload(root)
+    return unit_path
+
+
+def _unit_file_exists(unit: str, root: Path) -> bool:
+    names = {unit}
+    m = _UNIT_RE.match(unit)
+    if m and m["at"]:
+        names.add(f"{m['prefix']}@.{m['type']}")  # instances come from the template file
+    return any((Path(root) / d / n).exists() for d in UNIT_SEARCH_DIRS for n in names)
+
+
+def dropin_path(unit: str, root: Path = Path("/")) -> Path:
+    return Path(root) / SYSTEMD_DIR / f"{unit}.d" / DROPIN_NAME
+
+
+@dataclass
+class EnableResult:
+    unit: str
+    dropin: Path
+    reloaded: bool
+    attached_now: AttachResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def enable(unit: str, options: Options = Options(), *, root: Path = Path("/"), now: bool = False) -> EnableResult:
+    """Write the drop-in that attaches UNIT's cgroup at each start (never the vendor unit)."""
+    unit = validate_unit(unit, types=("service",), allow_template=True)
+    if not _unit_file_exists(unit, root):
+        raise UsageError(f"unit {unit} does not exist (no unit file under {root} in "
+                         f"{', '.join('/' + d for d in UNIT_SEARCH_DIRS)})")
+    text = render_dropin(unit, options)
+    path = dropin_path(unit, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    result = EnableResult(unit, path, _daemon_reload(root))
+    if not result.reloaded:
+        result.notes.append("systemd is not running here (or --root given): no daemon-reload done")
+    if now:
+        result.attached_now = attach(unit_cgroup(unit), options)
+    return result
+
+
+def disable(unit: str, *, root: Path = Path("/"), now: bool = False) -> tuple[Path, bool, DetachResult | None]:
+    """Remove the drop-in (and its directory if that leaves it empty)."""
+    unit = validate_unit(unit, types=("service",), allow_template=True)
+    path = dropin_path(unit, root)
+    existed = path.exists()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(OSError):  # not empty: other drop-ins live there
+        path.parent.rmdir()
+    _daemon_reload(root)
+    detached = detach(unit_cgroup(unit)) if now else None
+    return path, existed, detached

@@ -1,0 +1,540 @@
+"""mptcpize in the bpfkit VM kernel (6.12, where fmod_ret on update_socket_protocol works).
+
+Run with: bpfkit vm run -- .venv/bin/pytest -p no:bpfkit -m vm tests/vm/test_mptcpize.py
+
+Servers listen with IPPROTO_MPTCP outside the selected cgroups, so a connection
+is MPTCP end to end exactly when the client's socket was rewritten (a TCP
+client makes the server's accepted socket fall back to TCP).
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bpfkit import cgroup, cli, libbpf, mptcp_sockopt, mptcpize
+from bpfkit.errors import UsageError
+
+pytestmark = pytest.mark.vm
+
+IPPROTO_MPTCP = 262
+BUSYBOX = "/bin/busybox"  # Debian busybox-static, visible from the host's filesystem
+
+
+# --------------------------------------------------------------------------- helpers
+
+def bpfkit(*args, env=None, timeout=900):
+    """The CLI as users run it: its own process, which exits afterwards."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "bpfkit", "mptcpize", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (a new Python process costs tens of seconds
+    under emulation); only tests about process lifetime spawn `bpfkit`."""
+    capsys.readouterr()
+    code = cli.main(["mptcpize", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _own_cgroup() -> Path:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return cgroup.cgroup2_root() / line[3:].lstrip("/")
+    raise AssertionError("no cgroup v2 line in /proc/self/cgroup")
+
+
+@contextlib.contextmanager
+def inside(cg: Path):
+    """Move this (test) process into cg for the body: sockets it creates there
+    are created "by a task of that cgroup"."""
+    home = _own_cgroup()
+    cgroup.add_pid(cg, os.getpid())
+    try:
+        yield
+    finally:
+        cgroup.add_pid(home, os.getpid())
+
+
+def protocol_in(cg: Path | None, family=socket.AF_INET, type_=socket.SOCK_STREAM, proto=0) -> int:
+    with inside(cg) if cg else contextlib.nullcontext():
+        s = socket.socket(family, type_, proto)
+    with s:
+        return s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+
+
+@contextlib.contextmanager
+def mptcp_server(family=socket.AF_INET):
+    """An MPTCP listener (created outside any selected cgroup)."""
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    srv = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    srv.bind((host, 0))
+    srv.listen(16)
+    srv.settimeout(60)
+    with srv:
+        yield srv
+
+
+def accept_one(srv) -> dict:
+    """Accept a connection whose client sends one byte; what the server sees."""
+    conn, _ = srv.accept()
+    with conn:
+        conn.settimeout(60)
+        assert conn.recv(1)
+        try:
+            info = mptcp_sockopt.mptcp_info(conn)
+        except OSError:  # fallen back to TCP: SOL_MPTCP is not answered
+            return {"mptcp": False, "flags": None}
+        return {"mptcp": not info.fallback, "flags": info.flags}
+
+
+def connect_from(cg: Path | None, srv, type_flags=0) -> tuple[int, dict]:
+    """Client socket created in cg, connects to srv and sends a byte.
+    Returns (client SO_PROTOCOL, what the server saw)."""
+    family = srv.family
+    with inside(cg) if cg else contextlib.nullcontext():
+        client = socket.socket(family, socket.SOCK_STREAM | type_flags)
+    with client:
+        client.setblocking(True)
+        client.settimeout(60)
+        client.connect(srv.getsockname()[:2])
+        client.sendall(b"x")
+        seen = accept_one(srv)
+        return client.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), seen
+
+
+def assert_mptcp_connection(proto: int, seen: dict) -> None:
+    assert proto == IPPROTO_MPTCP
+    assert seen["mptcp"], seen
+    assert seen["flags"] & mptcp_sockopt.MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED, seen
+
+
+def assert_tcp_connection(proto: int, seen: dict) -> None:
+    assert proto == socket.IPPROTO_TCP
+    assert not seen["mptcp"], seen
+
+
+def mptcpify_programs() -> list[dict]:
+    infos = [libbpf.program_info_by_id(i) for i in libbpf.loaded_program_ids()]
+    return [i for i in infos if i and i["name"] == "mptcpify"]
+
+
+def assert_nothing_attached() -> None:
+    assert not mptcpize.LINK_PIN.exists()
+    assert not mptcpize.PIN_DIR.exists(), sorted(p.name for p in mptcpize.PIN_DIR.iterdir())
+    deadline = time.monotonic() + 10  # links/programs are freed asynchronously after their last fd closes
+    while mptcpify_programs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not mptcpify_programs()
+
+
+def cgroup_status(cg: Path) -> dict | None:
+    for entry in mptcpize.status()["cgroups"]:
+        if entry["id"] == cgroup.cgroup_id(cg):
+            return entry
+    return None
+
+
+@pytest.fixture
+def clean():
+    """No mptcpize state before or after the test, even if it fails."""
+    mptcpize.detach_all()
+    yield
+    mptcpize.detach_all()
+    assert_nothing_attached()
+
+
+@pytest.fixture
+def cg(clean):
+    with cgroup.temporary("bpfkit-test-mptcpize-") as path:
+        yield path
+
+
+@pytest.fixture
+def attached(cg):
+    mptcpize.attach(cg)
+    return cg
+
+
+# --------------------------------------------------------------------------- the rewrite
+
+def test_client_in_cgroup_gets_mptcp_connection(attached):
+    with mptcp_server() as srv:
+        assert_mptcp_connection(*connect_from(attached, srv))
+    assert cgroup_status(attached)["rewrites"] == 1
+
+
+def test_process_outside_stays_tcp(attached):
+    with mptcp_server() as srv:
+        assert_tcp_connection(*connect_from(None, srv))
+    assert cgroup_status(attached)["rewrites"] == 0
+
+
+def test_other_process_outside_stays_tcp(attached):
+    code = "import socket; s = socket.socket(); print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "6"
+
+
+def test_child_cgroup_inherits(attached):
+    child = attached / "child"
+    child.mkdir()
+    grandchild = child / "grandchild"
+    grandchild.mkdir()
+    with mptcp_server() as srv:
+        assert_mptcp_connection(*connect_from(child, srv))
+        assert_mptcp_connection(*connect_from(grandchild, srv))
+    assert cgroup_status(attached)["rewrites"] == 2
+
+
+def test_deepest_selected_cgroup_decides(attached):
+    child = attached / "inet6-only"
+    child.mkdir()
+    mptcpize.attach(child, mptcpize.Options.of("inet6"))
+    assert protocol_in(child, socket.AF_INET) == socket.IPPROTO_TCP
+    assert protocol_in(child, socket.AF_INET6) == IPPROTO_MPTCP
+    assert protocol_in(attached, socket.AF_INET) == IPPROTO_MPTCP
+    assert cgroup_status(child)["rewrites"] == 1
+    assert cgroup_status(attached)["rewrites"] == 1
+
+
+def test_ipv6(attached):
+    with mptcp_server(socket.AF_INET6) as srv:
+        assert_mptcp_connection(*connect_from(attached, srv))
+
+
+def test_family_filter(cg):
+    mptcpize.attach(cg, mptcpize.Options.of("inet"))
+    assert protocol_in(cg, socket.AF_INET) == IPPROTO_MPTCP
+    assert protocol_in(cg, socket.AF_INET6) == socket.IPPROTO_TCP
+
+
+@pytest.mark.parametrize("family, type_, proto, expected", [
+    pytest.param(socket.AF_INET, socket.SOCK_DGRAM, 0, socket.IPPROTO_UDP, id="udp"),
+    pytest.param(socket.AF_INET6, socket.SOCK_DGRAM, 0, socket.IPPROTO_UDP, id="udp6"),
+    pytest.param(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0, socket.IPPROTO_UDP, id="udp-cloexec"),
+    pytest.param(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP, socket.IPPROTO_ICMP, id="raw-icmp"),
+    pytest.param(socket.AF_UNIX, socket.SOCK_STREAM, 0, 0, id="unix-stream"),
+    pytest.param(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, 0, id="unix-seqpacket"),
+    pytest.param(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP, IPPROTO_MPTCP, id="already-mptcp"),
+])
+def test_other_sockets_untouched(attached, family, type_, proto, expected):
+    assert protocol_in(attached, family, type_, proto) == expected
+    assert cgroup_status(attached)["rewrites"] == 0
+
+
+def test_explicit_ipproto_tcp_is_rewritten(attached):
+    assert protocol_in(attached, socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) == IPPROTO_MPTCP
+
+
+def test_nonblock_cloexec_sockets_are_rewritten(attached):
+    flags = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    assert protocol_in(attached, socket.AF_INET, socket.SOCK_STREAM | flags) == IPPROTO_MPTCP
+    with mptcp_server() as srv:
+        assert_mptcp_connection(*connect_from(attached, srv, type_flags=flags))
+
+
+def _is_static(path: str) -> bool:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        return ELFFile(f).get_section_by_name(".interp") is None
+
+
+def test_static_binary_is_rewritten(attached):
+    assert _is_static(BUSYBOX)  # no dynamic loader, so no LD_PRELOAD could reach it
+    with mptcp_server() as srv:
+        host, port = srv.getsockname()[:2]
+        client = subprocess.Popen([BUSYBOX, "nc", host, str(port)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  preexec_fn=lambda: cgroup.add_pid(attached, os.getpid()))
+        client.stdin.write(b"x")
+        client.stdin.flush()
+        seen = accept_one(srv)  # server closes after the byte: nc sees EOF and exits
+        client.stdin.close()
+        client.wait(timeout=60)
+    assert seen["mptcp"], seen
+    assert seen["flags"] & mptcp_sockopt.MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED
+    assert cgroup_status(attached)["rewrites"] == 1
+
+
+def test_exclusion_by_executable_name(cg):
+    mptcpize.attach(cg, mptcpize.Options.of(exclude=["busybox"]))
+    with mptcp_server() as srv:
+        host, port = srv.getsockname()[:2]
+        client = subprocess.Popen([BUSYBOX, "nc", host, str(port)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  preexec_fn=lambda: cgroup.add_pid(cg, os.getpid()))
+        client.stdin.write(b"x")
+        client.stdin.flush()
+        seen = accept_one(srv)
+        client.stdin.close()
+        client.wait(timeout=60)
+        assert not seen["mptcp"]  # busybox is excluded
+        assert_mptcp_connection(*connect_from(cg, srv))  # this process (pytest) is not
+    assert cgroup_status(cg)["exclude"] == ["busybox"]
+
+
+# --------------------------------------------------------------------------- the CLI, persistence
+
+def test_cli_attach_survives_exit_and_detach_restores_tcp(cg, capsys):
+    out = bpfkit("attach", "--cgroup", str(cg))  # its own process, which exits
+    assert out.returncode == 0, out.stderr
+    assert "attached" in out.stdout
+    # The CLI process is gone; the pinned link keeps the rewrite.
+    with mptcp_server() as srv:
+        assert_mptcp_connection(*connect_from(cg, srv))
+    code, stdout, _ = run_cli(capsys, "status", "--json")
+    info = json.loads(stdout)
+    assert info["attached"] and info["program_id"] and info["link_id"]
+    assert info["pins"]["link"] == str(mptcpize.LINK_PIN)
+    assert [c["path"] for c in info["cgroups"]] == [str(cg)]
+    assert info["cgroups"][0]["rewrites"] == 1
+    assert [p["id"] for p in mptcpify_programs()] == [info["program_id"]]
+
+    code, stdout, stderr = run_cli(capsys, "detach", "--cgroup", str(cg))
+    assert code == 0, stderr
+    assert "last cgroup" in stdout
+    with mptcp_server() as srv:
+        assert_tcp_connection(*connect_from(cg, srv))
+    assert_nothing_attached()
+
+
+def test_attach_twice_is_idempotent(cg, capsys):
+    assert run_cli(capsys, "attach", "--cgroup", str(cg))[0] == 0
+    protocol_in(cg)
+    before = mptcpize.status()
+    code, stdout, _ = run_cli(capsys, "attach", "--cgroup", str(cg))
+    assert code == 0 and "already attached" in stdout
+    after = mptcpize.status()
+    assert after == before  # same program, link, cgroups, and the count is kept
+    assert after["cgroups"][0]["rewrites"] == 1
+    assert len(mptcpify_programs()) == 1
+    code, _, stderr = run_cli(capsys, "attach", "--cgroup", str(cg), "--family", "inet6")
+    assert code == 2 and "detach it first" in stderr
+
+
+def test_several_cgroups_one_program(cg):
+    with cgroup.temporary("bpfkit-test-mptcpize-b-") as other:
+        mptcpize.attach(cg)
+        second = mptcpize.attach(other)
+        assert not second.created
+        assert len(mptcpify_programs()) == 1
+        assert protocol_in(other) == IPPROTO_MPTCP
+        assert not mptcpize.detach(cg).removed_program
+        assert protocol_in(cg) == socket.IPPROTO_TCP
+        assert protocol_in(other) == IPPROTO_MPTCP
+        assert mptcpize.detach(other).removed_program
+    assert_nothing_attached()
+
+
+def test_removed_cgroup_is_collected(clean):
+    with cgroup.temporary("bpfkit-test-mptcpize-gone-") as gone:
+        mptcpize.attach(gone)
+        gone_id = cgroup.cgroup_id(gone)
+    info = mptcpize.status()
+    assert info["collected_stale_cgroup_ids"] == [gone_id]
+    assert not info["attached"]
+    assert_nothing_attached()
+
+
+def test_run_one_command(clean, capsys):
+    code = "import socket; s = socket.socket(); print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))"
+    before = {p.name for p in cgroup.cgroup2_root().iterdir() if p.is_dir()}
+    out = bpfkit("run", "--", sys.executable, "-c", code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(IPPROTO_MPTCP)
+    assert run_cli(capsys, "run", "--", "sh", "-c", "exit 7")[0] == 7
+    assert run_cli(capsys, "run", "--", "sh", "-c", "kill -TERM $$")[0] == 128 + signal.SIGTERM
+    assert run_cli(capsys, "run", "--", "/no/such/command")[0] == 127
+    assert {p.name for p in cgroup.cgroup2_root().iterdir() if p.is_dir()} == before
+    assert_nothing_attached()
+
+
+def test_run_keeps_an_existing_attachment(attached, capsys):
+    assert run_cli(capsys, "run", "--", "true")[0] == 0
+    assert protocol_in(attached) == IPPROTO_MPTCP
+
+
+def _fake_systemctl(tmp_path: Path, props: dict) -> str:
+    (tmp_path / "show").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    script = tmp_path / "systemctl"
+    script.write_text(f"#!/bin/sh\ncat {tmp_path / 'show'}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_attach_by_unit(cg, tmp_path, monkeypatch, capsys):
+    relative = "/" + str(cg.relative_to(cgroup.cgroup2_root()))
+    monkeypatch.setattr(mptcpize, "SYSTEMCTL", _fake_systemctl(
+        tmp_path, {"LoadState": "loaded", "ActiveState": "active", "ControlGroup": relative}))
+    assert cli.main(["mptcpize", "attach", "--unit", "demo.service"]) == 0
+    assert protocol_in(cg) == IPPROTO_MPTCP
+    assert cli.main(["mptcpize", "detach", "--unit", "demo.service"]) == 0
+    assert_nothing_attached()
+
+
+def test_persist_and_restore(cg, tmp_path, monkeypatch):
+    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: "/usr/local/bin/bpfkit")
+    assert cli.main(["mptcpize", "attach", "--cgroup", str(cg), "--persist", "--exclude", "sshd",
+                     "--root", str(tmp_path)]) == 0
+    assert (tmp_path / "etc/systemd/system/bpfkit-mptcpize.service").exists()
+    mptcpize.detach(cg)  # as after a reboot: nothing attached, the state file remains
+    assert_nothing_attached()
+    assert cli.main(["mptcpize", "restore", "--root", str(tmp_path)]) == 0
+    assert protocol_in(cg) == IPPROTO_MPTCP
+    assert cgroup_status(cg)["exclude"] == ["sshd"]
+    assert cli.main(["mptcpize", "detach", "--cgroup", str(cg), "--root", str(tmp_path)]) == 0
+    assert mptcpize.load_state(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_missing_cgroup(clean, capsys):
+    code, _, err = run_cli(capsys, "attach", "--cgroup", "no-such-cgroup-bpfkit")
+    assert code == 2 and "no such directory" in err
+    assert_nothing_attached()
+
+
+def test_cgroup_v1_path(clean, tmp_path, capsys):
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    mounted = subprocess.run(["mount", "-t", "cgroup", "-o", "none,name=bpfkittest", "bpfkittest", str(v1)],
+                             capture_output=True).returncode == 0
+    try:
+        target = v1 / "child"
+        target.mkdir()
+        code, _, err = run_cli(capsys, "attach", "--cgroup", str(target))
+        assert code == 2, err
+        assert "is not a cgroup v2 directory" in err
+        if mounted:
+            assert "(it is on cgroup)" in err
+    finally:
+        if mounted:
+            (v1 / "child").rmdir()
+            subprocess.run(["umount", str(v1)], check=True)
+    assert_nothing_attached()
+
+
+def test_unit_that_does_not_exist(clean, tmp_path, monkeypatch, capsys):
+    # Without a stand-in: no systemd in the VM, which is said plainly.
+    code, _, err = run_cli(capsys, "attach", "--unit", "nosuch.service")
+    assert code == 2 and "nosuch.service" in err
+    monkeypatch.setattr(mptcpize, "SYSTEMCTL", _fake_systemctl(
+        tmp_path, {"LoadState": "not-found", "ActiveState": "inactive", "ControlGroup": ""}))
+    code, _, err = run_cli(capsys, "attach", "--unit", "nosuch.service")
+    assert code == 2 and "unit nosuch.service does not exist" in err
+    assert_nothing_attached()
+
+
+def test_refused_where_mptcp_is_disabled(cg):
+    # Rewritten sockets would fail to be created (ENOPROTOOPT): refuse up front.
+    sysctl = Path("/proc/sys/net/mptcp/enabled")
+    sysctl.write_text("0")
+    try:
+        with pytest.raises(UsageError, match="MPTCP is disabled"):
+            mptcpize.attach(cg)
+    finally:
+        sysctl.write_text("1")
+    assert_nothing_attached()
+
+
+def test_invalid_unit_name(clean, capsys):
+    code, _, err = run_cli(capsys, "attach", "--unit", "../../etc/shadow")
+    assert code == 2 and "invalid unit name" in err
+    assert_nothing_attached()
+
+
+# --------------------------------------------------------------------------- kill -9 at every step
+
+FIRST_ATTACH_STEPS = ["locked", "loaded", "exclusions-written", "cgroup-selected", "link-attached",
+                      "pinned-selected_cgroups", "pinned-excluded_comms"]
+
+
+def _killed(step: str, action, *args) -> None:
+    """Run mptcpize.<action>(*args) in a forked child that SIGKILLs itself
+    right after `step` (the kill-at hook). Forking skips a Python start,
+    which costs tens of seconds under emulation; the CLI variant is below."""
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        try:
+            os.environ[mptcpize.KILL_AT_ENV] = step
+            action(*args)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (step, status)
+
+
+def _assert_complete(cg: Path) -> None:
+    assert mptcpize.LINK_PIN.exists()
+    assert cgroup_status(cg) is not None
+    assert protocol_in(cg) == IPPROTO_MPTCP
+    assert len(mptcpify_programs()) == 1
+
+
+@pytest.mark.parametrize("step", FIRST_ATTACH_STEPS)
+def test_kill_during_first_attach_leaves_nothing(cg, step):
+    _killed(step, mptcpize.attach, cg, mptcpize.Options.of(exclude=["sshd"]))
+    assert not mptcpize.LINK_PIN.exists()
+    assert protocol_in(cg) == socket.IPPROTO_TCP
+    assert not mptcpize.status()["attached"]  # and status collects leftover map pins
+    assert_nothing_attached()
+    # A later attach starts clean and works.
+    mptcpize.attach(cg)
+    _assert_complete(cg)
+
+
+def test_kill_of_the_cli_process(cg):
+    out = bpfkit("attach", "--cgroup", str(cg), env={mptcpize.KILL_AT_ENV: "link-attached"})
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert protocol_in(cg) == socket.IPPROTO_TCP
+    assert not mptcpize.status()["attached"]
+    assert_nothing_attached()
+
+
+def test_kill_right_after_commit_leaves_complete_attachment(cg):
+    _killed("link-pinned", mptcpize.attach, cg, mptcpize.Options.of(exclude=["sshd"]))
+    _assert_complete(cg)
+    assert cgroup_status(cg)["exclude"] == ["sshd"]
+
+
+@pytest.mark.parametrize("step, complete", [("locked", False), ("exclusions-written", False),
+                                            ("cgroup-selected", True)])
+def test_kill_while_adding_a_cgroup(cg, step, complete):
+    with cgroup.temporary("bpfkit-test-mptcpize-add-") as second:
+        mptcpize.attach(cg)
+        _killed(step, mptcpize.attach, second, mptcpize.Options.of(exclude=["sshd"]))
+        _assert_complete(cg)  # the existing attachment is untouched
+        if complete:
+            _assert_complete(second)
+            assert cgroup_status(second)["exclude"] == ["sshd"]
+        else:
+            assert protocol_in(second) == socket.IPPROTO_TCP
+            assert cgroup_status(second) is None
+            pinned = mptcpize.Pinned.open()
+            try:
+                assert pinned.exclusions() == {}  # orphan exclusions were collected by status
+            finally:
+                pinned.close()
+        mptcpize.detach(second)
+
+
+@pytest.mark.parametrize("step", ["locked", "cgroup-unselected", "exclusions-removed", "link-unpinned"])
+def test_kill_during_last_detach(attached, step):
+    _killed(step, mptcpize.detach, attached)
+    if step == "locked":
+        _assert_complete(attached)
+        return
+    assert protocol_in(attached) == socket.IPPROTO_TCP
+    assert not mptcpize.status()["attached"]
+    assert_nothing_attached()
