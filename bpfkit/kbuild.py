@@ -179,6 +179,41 @@ def tree_source(tree: Path) -> KernelSource:
     return KernelSource("tree", tree, makefile_version(tree), tree_identity(tree), name)
 
 
+# How a kernel tree registers mptcp_sched_ops as a BPF struct_ops: since 6.9 with
+# register_bpf_struct_ops(&..., mptcp_sched_ops) in net/mptcp/ (mptcp_net-next's
+# net/mptcp/bpf.c, and vm/patches/6.12/ once applied); before that with an entry
+# in kernel/bpf/bpf_struct_ops_types.h.
+_SCHED_STRUCT_OPS_RE = re.compile(r"register_bpf_struct_ops\s*\(\s*&\s*\w+\s*,\s*mptcp_sched_ops\s*\)")
+_SCHED_STRUCT_OPS_TYPE_RE = re.compile(r"^\s*BPF_STRUCT_OPS_TYPE\s*\(\s*mptcp_sched_ops\s*\)", re.M)
+
+
+def bpf_sched_struct_ops_in_tree(tree: Path) -> str | None:
+    """Where the tree registers mptcp_sched_ops as a BPF struct_ops ("file:line"),
+    or None if it does not (mainline: in-kernel schedulers only). A tree that has
+    it needs no patch series to run bpfkit's BPF schedulers."""
+    candidates = sorted((tree / "net/mptcp").glob("*.c")) + [tree / "kernel/bpf/bpf_struct_ops_types.h"]
+    for path in candidates:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        pattern = _SCHED_STRUCT_OPS_TYPE_RE if path.suffix == ".h" else _SCHED_STRUCT_OPS_RE
+        match = pattern.search(text)
+        if match:
+            line = text.count("\n", 0, match.start()) + 1
+            return f"{path.relative_to(tree)}:{line}"
+    return None
+
+
+def tree_patch_note(tree: Path) -> str:
+    """Why a user tree is built without vm/patches/, for the build message and kernel.json."""
+    where = bpf_sched_struct_ops_in_tree(tree)
+    if where:
+        return f"tree already has the BPF mptcp_sched_ops struct_ops ({where}): built as-is, vm/patches not needed"
+    return ("tree has no BPF mptcp_sched_ops struct_ops: built as-is (vm/patches are never applied to a user "
+            "tree), so bpfkit's BPF schedulers will not load in this kernel")
+
+
 def fragment_paths(flavour: str) -> list[Path]:
     if flavour not in FLAVOURS:
         raise UsageError(f"unknown kernel flavour {flavour!r}; choose from {', '.join(FLAVOURS)}")
@@ -596,7 +631,8 @@ def _install(inputs: BuildInputs, build_dir: Path, log_path: Path, release: str,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if source.kind == "tree":
-            meta["patches_note"] = "user tree built as-is: vm/patches not applied"
+            meta["patches_note"] = tree_patch_note(source.location)
+            meta["bpf_sched_struct_ops"] = bpf_sched_struct_ops_in_tree(source.location)
         (temp / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
         final = root / inputs.key
         if final.exists():  # an incomplete leftover (load_cached said no)
@@ -640,8 +676,7 @@ def _build_locked(inputs: BuildInputs, progress: bool) -> KernelBuild:
     else:
         tree = inputs.source.location
         patches = []
-        print(f"bpfkit: building {tree} as-is (vm/patches/ is not applied to a user tree)",
-              file=sys.stderr)
+        print(f"bpfkit: building {tree}: {tree_patch_note(tree)}", file=sys.stderr)
     build_dir = cache_dir() / "build" / f"{inputs.source.name}-{inputs.flavour}"
     build_dir.mkdir(parents=True, exist_ok=True)
     log_path = build_dir / "build.log"

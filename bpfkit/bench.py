@@ -1,0 +1,542 @@
+"""`bpfkit bench schedulers`: the four reference BPF schedulers against the
+in-kernel default, in one boot of the bpfkit VM.
+
+Host side (`run`): prebuild bpf/sched/*.bpf.c for the VM kernel, write a plan,
+boot the VM once with `python -m bpfkit.bench guest PLAN`, then render every
+scenario's report and plots (bpfkit.lab.report), compute the targets and write
+results.json + bench.json + bench.png.
+
+Guest side (`guest`): register the schedulers with bpfkit.sched.load (the code
+of `bpfkit sched load NAME`, in-process; the lab itself never touches BPF), run each scenario with bpfkit.lab.runner
+for the schedulers that registered, write each scenario's results.json,
+unregister.
+
+Targets (issue 7), computed from the results document by `targets()` and
+reported met / unmet / not measured, never asserted:
+  wifi-lte bulk      minrtt and blest goodput >= 0.95 x the sum of path rates and >= default
+  wifi-lte 256 KiB   blest median completion <= 0.85 x minrtt and <= 1.0 x default
+  lossy-rr (3 %)     redundant p99 completion <= 0.5 x default
+  handover           every scheduler finishes with every byte verified
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpfkit.errors import BpfkitError, UsageError, VmError
+from bpfkit.paths import BPF_DIR, PROJECT_ROOT, cache_dir
+
+BENCH_FORMAT = 1
+DEFAULT = "default"
+BPF_SCHEDULERS = ("minrtt", "redundant", "blest", "ecf")
+SCHEDULERS = (DEFAULT, *BPF_SCHEDULERS)
+SCENARIO_DIR = PROJECT_ROOT / "scenarios"
+
+# Thresholds of the targets (see the module docstring).
+BULK_CAPACITY_MIN = 0.95
+BLEST_VS_MINRTT_MAX = 0.85
+BLEST_VS_DEFAULT_MAX = 1.0
+REDUNDANT_P99_VS_DEFAULT_MAX = 0.5
+
+VM_BOOT_MARGIN_S = 600  # boot + imports under TCG on a busy host
+VM_PER_RUN_MARGIN_S = 120  # topology + two Python traffic processes per run in the guest
+
+
+@dataclass(frozen=True)
+class BenchScenario:
+    name: str  # the scenario file's stem; results go to OUT/<name>/
+    schedulers: tuple[str, ...]  # who runs it (the targets need no more)
+    scale: float  # --duration-scale of the lab
+    purpose: str
+
+
+# The full bench: every scheduler on every scenario at the files' own length.
+FULL_PLAN = (
+    BenchScenario("wifi-lte", SCHEDULERS, 1.0, "bulk 10 s: is the sum of the paths used?"),
+    BenchScenario("wifi-lte-256k", SCHEDULERS, 1.0, "256 KiB transfers: median completion time"),
+    BenchScenario("lossy-path", SCHEDULERS, 1.0, "100 kB responses, 2 % loss on one path: tail completion"),
+    BenchScenario("lossy-rr", SCHEDULERS, 1.0, "1 KiB request/response, 3 % loss on the primary: p99"),
+    BenchScenario("handover", SCHEDULERS, 1.0, "Wi-Fi down/up under a 20 MB download: every byte verified"),
+)
+# --quick: what the targets need, at shorter lengths (each run costs ~30 s of
+# set-up in a TCG guest whatever its length, so fewer runs matter most).
+QUICK_PLAN = (
+    BenchScenario("wifi-lte", (DEFAULT, "minrtt", "blest"), 0.5, FULL_PLAN[0].purpose.replace("10 s", "5 s")),
+    BenchScenario("wifi-lte-256k", (DEFAULT, "minrtt", "blest"), 0.5, FULL_PLAN[1].purpose),
+    BenchScenario("lossy-rr", (DEFAULT, "redundant"), 0.6, FULL_PLAN[3].purpose),
+    BenchScenario("handover", SCHEDULERS, 0.5, "Wi-Fi down/up under a 10 MB download: every byte verified"),
+)
+
+
+class BenchError(BpfkitError):
+    """The bench could not produce results (not: a target that was missed)."""
+
+
+def plan_for(quick: bool) -> tuple[BenchScenario, ...]:
+    return QUICK_PLAN if quick else FULL_PLAN
+
+
+def scenario_file(name: str) -> Path:
+    return SCENARIO_DIR / f"{name}.toml"
+
+
+# ---------------------------------------------------------------- targets (pure: results document in, verdicts out)
+
+
+def _rows(doc: dict | None) -> dict[str, dict]:
+    from bpfkit.lab import report
+
+    if not doc or not doc.get("runs"):
+        return {}
+    return {row["scheduler"]: row for row in report.summarize(doc)}
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _target(target_id: str, description: str, met, values: dict, note: str | None = None) -> dict:
+    entry = {"id": target_id, "description": description,
+             "status": "not measured" if met is None else ("met" if met else "unmet"), "met": met, "values": values}
+    if note:
+        entry["note"] = note
+    return entry
+
+
+def _bulk_target(rows: dict, scheduler: str) -> dict:
+    description = (f"wifi-lte bulk: {scheduler} goodput >= {BULK_CAPACITY_MIN:g} x sum of path rates "
+                   f"and >= default")
+    row, default = rows.get(scheduler), rows.get(DEFAULT)
+    if not row or row["goodput_bps"] is None or not default or default["goodput_bps"] is None:
+        missing = scheduler if not row or row["goodput_bps"] is None else DEFAULT
+        return _target(f"wifi-lte-bulk-{scheduler}", description, None, {}, f"no passing {missing} run")
+    vs_capacity, vs_default = row["vs_capacity"], _ratio(row["goodput_bps"], default["goodput_bps"])
+    met = vs_capacity is not None and vs_capacity >= BULK_CAPACITY_MIN and vs_default >= 1.0
+    return _target(f"wifi-lte-bulk-{scheduler}", description, met, {
+        "goodput_bps": row["goodput_bps"], "default_goodput_bps": default["goodput_bps"],
+        "vs_capacity": vs_capacity, "vs_default": vs_default,
+        "path_limited_runs": row["path_limited_runs"], "ok_runs": row["ok_runs"],
+    })
+
+
+def _short_transfer_target(rows: dict) -> dict:
+    description = (f"wifi-lte 256 KiB: blest median completion <= {BLEST_VS_MINRTT_MAX:g} x minrtt "
+                   f"and <= {BLEST_VS_DEFAULT_MAX:g} x default")
+    medians = {s: (rows.get(s) or {}).get("completion_p50_s") for s in ("blest", "minrtt", DEFAULT)}
+    missing = [s for s, v in medians.items() if v is None]
+    if missing:
+        return _target("wifi-lte-256k-blest", description, None, {"median_s": medians},
+                       f"no passing run of {', '.join(missing)}")
+    vs_minrtt, vs_default = _ratio(medians["blest"], medians["minrtt"]), _ratio(medians["blest"], medians[DEFAULT])
+    met = vs_minrtt <= BLEST_VS_MINRTT_MAX and vs_default <= BLEST_VS_DEFAULT_MAX
+    return _target("wifi-lte-256k-blest", description, met, {
+        "median_s": medians, "blest_vs_minrtt": vs_minrtt, "blest_vs_default": vs_default,
+        "samples": {s: rows[s]["completion_count"] for s in medians},
+    })
+
+
+def _lossy_rr_target(rows: dict) -> dict:
+    description = f"lossy-rr (3 % loss): redundant p99 completion <= {REDUNDANT_P99_VS_DEFAULT_MAX:g} x default"
+    p99 = {s: (rows.get(s) or {}).get("completion_p99_s") for s in ("redundant", DEFAULT)}
+    missing = [s for s, v in p99.items() if v is None]
+    if missing:
+        return _target("lossy-rr-redundant", description, None, {"p99_s": p99}, f"no passing run of {', '.join(missing)}")
+    vs_default = _ratio(p99["redundant"], p99[DEFAULT])
+    return _target("lossy-rr-redundant", description, vs_default <= REDUNDANT_P99_VS_DEFAULT_MAX, {
+        "p99_s": p99, "redundant_vs_default": vs_default,
+        "samples": {s: rows[s]["completion_count"] for s in p99},
+    })
+
+
+def _handover_target(doc: dict | None, expected: tuple[str, ...]) -> dict:
+    description = "handover: every scheduler finishes with every byte verified"
+    if not doc or not doc.get("runs"):
+        return _target("handover-all-verified", description, None, {}, "handover did not run")
+    per_scheduler: dict[str, dict] = {}
+    for run in doc["runs"]:
+        entry = per_scheduler.setdefault(run["scheduler"], {"runs": 0, "verified_runs": 0, "failures": []})
+        entry["runs"] += 1
+        if run["ok"] and run.get("verified"):
+            entry["verified_runs"] += 1
+        entry["failures"] += run.get("failures", [])
+    absent = [s for s in expected if s not in per_scheduler]
+    all_verified = all(e["runs"] and e["verified_runs"] == e["runs"] for e in per_scheduler.values())
+    note = f"not run: {', '.join(absent)}" if absent else None
+    # a failed transfer is a verdict even when some scheduler could not run
+    met = False if not all_verified else (None if absent else True)
+    return _target("handover-all-verified", description, met, {"schedulers": per_scheduler}, note)
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets from a bench results document ({"scenarios": {name:
+    lab results doc}, "schedulers": [...]})."""
+    scenarios = results.get("scenarios", {})
+    expected = tuple(results.get("schedulers") or SCHEDULERS)
+    bulk = _rows(scenarios.get("wifi-lte"))
+    return [
+        _bulk_target(bulk, "minrtt"),
+        _bulk_target(bulk, "blest"),
+        _short_transfer_target(_rows(scenarios.get("wifi-lte-256k"))),
+        _lossy_rr_target(_rows(scenarios.get("lossy-rr"))),
+        _handover_target(scenarios.get("handover"), expected),
+    ]
+
+
+def summary_table(results: dict) -> list[dict]:
+    """One row per scenario × scheduler with the figure that scenario is about."""
+    rows = []
+    for name, doc in results.get("scenarios", {}).items():
+        kind = doc["scenario"]["traffic"]["kind"]
+        for row in _rows(doc).values():
+            rows.append({
+                "scenario": name, "scheduler": row["scheduler"], "kind": kind,
+                "ok_runs": row["ok_runs"], "runs": row["runs"],
+                "goodput_bps": row["goodput_bps"], "vs_capacity": row["vs_capacity"], "vs_default": row["vs_default"],
+                "completion_p50_s": row["completion_p50_s"], "completion_p99_s": row["completion_p99_s"],
+                "completion_mean_s": row["completion_mean_s"], "path_share": row["path_share"],
+                "failures": row["failures"],
+            })
+    return rows
+
+
+# ---------------------------------------------------------------- guest side
+
+
+def _sched_module():
+    """bpfkit.sched (what `bpfkit sched load/unload` run), or None where it does not exist yet."""
+    import importlib
+
+    try:
+        return importlib.import_module("bpfkit.sched")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bpfkit.sched":
+            raise
+        return None
+
+
+class _Registrations:
+    """Registers the BPF schedulers in the guest and unregisters them at the end,
+    with the code of `bpfkit sched load/unload` called in this process (a Python
+    start per scheduler costs ~40 s under TCG); where that module does not exist,
+    through bpfkit.libbpf directly."""
+
+    def __init__(self) -> None:
+        self.objects = []  # libbpf fallback: objects and links alive for the run
+        self.sched = _sched_module()
+        self.via = ("bpfkit.sched.load (as `bpfkit sched load`)" if self.sched
+                    else "bpfkit.libbpf (no bpfkit.sched module)")
+
+    def load(self, name: str) -> str | None:
+        """None when registered, else why not."""
+        try:
+            if self.sched:
+                self.sched.load(name)
+                return None
+            from bpfkit import build, libbpf
+
+            obj = libbpf.open_object(build.compile_bpf(BPF_DIR / "sched" / f"{name}.bpf.c").path)
+            links = [obj.map(m).attach_struct_ops() for m in obj.struct_ops_maps()]
+            self.objects.append((obj, links))
+            return None
+        except BpfkitError as exc:
+            return str(exc)
+
+    def unload(self, name: str) -> None:
+        if self.sched:
+            try:
+                # force: a lab namespace killed mid-run may still select it; the VM is going away anyway
+                self.sched.unload(name, force=True)
+            except BpfkitError as exc:
+                print(f"bench: could not unload {name}: {exc}", flush=True)
+
+    def close(self) -> None:
+        for obj, links in self.objects:
+            for link in links:
+                link.detach()
+            obj.close()
+        self.objects.clear()
+
+
+def guest(plan_path: Path) -> int:
+    """Inside the VM: register, measure every scenario of the plan, unregister."""
+    from bpfkit.lab import runner
+    from bpfkit.lab.scenario import load_scenario, with_schedulers
+
+    plan = json.loads(plan_path.read_text())
+    out = Path(plan["out"])
+    status = {"started": _now(), "loaded": {}, "scenarios": {}, "via": None}
+    registrations = _Registrations()
+    status["via"] = registrations.via
+    started = time.monotonic()
+    try:
+        for name in plan["bpf_schedulers"]:
+            t0 = time.monotonic()
+            error = registrations.load(name)
+            status["loaded"][name] = {"ok": error is None, "error": error, "seconds": round(time.monotonic() - t0, 1)}
+            print(f"bench: {'registered' if error is None else 'could not register'} {name}"
+                  + ("" if error is None else f": {error}"), flush=True)
+        registered = {DEFAULT} | {n for n, s in status["loaded"].items() if s["ok"]}
+        for item in plan["scenarios"]:
+            name = item["name"]
+            schedulers = [s for s in item["schedulers"] if s in registered]
+            entry = {"schedulers": schedulers, "skipped": [s for s in item["schedulers"] if s not in registered]}
+            status["scenarios"][name] = entry
+            t0 = time.monotonic()
+            try:
+                scenario = with_schedulers(load_scenario(item["file"]), schedulers)
+                scenario = dataclasses.replace(scenario, repetitions=item["repetitions"])
+                if item["scale"] != 1.0:
+                    scenario = scenario.scaled(item["scale"])
+                print(f"bench: {name}: {', '.join(schedulers)}", flush=True)
+                doc = runner.run_scenario(scenario, on_run_done=lambda run, n=name: _print_run(n, run))
+                runner.write_results(doc, out / name)
+                entry["ok"] = True
+            except BpfkitError as exc:
+                entry.update(ok=False, error=str(exc))
+                print(f"bench: {name}: {exc}", flush=True)
+            entry["seconds"] = round(time.monotonic() - t0, 1)
+    finally:
+        registrations.close()
+        for name, loaded in status["loaded"].items():
+            if loaded["ok"]:
+                registrations.unload(name)
+        status["seconds"] = round(time.monotonic() - started, 1)
+        (out / "guest.json").write_text(json.dumps(status, indent=1))
+    return 0
+
+
+def _print_run(scenario: str, run: dict) -> None:
+    figure = ""
+    if run.get("goodput_bps"):
+        figure = f" {run['goodput_bps'] / 1e6:.2f} Mbit/s"
+    if run["kind"] == "request-response" and run.get("completion_times_s"):
+        from bpfkit.lab.report import percentile
+
+        ct = run["completion_times_s"]
+        figure += f" p50 {percentile(ct, 50) * 1e3:.0f} ms p99 {percentile(ct, 99) * 1e3:.0f} ms"
+    verdict = "ok" if run["ok"] else "FAILED: " + "; ".join(run["failures"])
+    print(f"bench: {scenario} {run['scheduler']} #{run['repetition'] + 1}:{figure} {verdict}", flush=True)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- host side
+
+
+def default_out() -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"bench-schedulers-{stamp}"
+
+
+def prebuild(vmlinux: Path) -> dict[str, str | None]:
+    """Compile each reference scheduler for the VM kernel on the host (clang
+    under TCG emulation is slow; the guest then finds the objects in the shared
+    cache). Returns name -> None (built) or the compile error."""
+    from bpfkit import build
+
+    status: dict[str, str | None] = {}
+    for name in BPF_SCHEDULERS:
+        source = BPF_DIR / "sched" / f"{name}.bpf.c"
+        if not source.exists():
+            status[name] = f"{source.relative_to(PROJECT_ROOT)} does not exist"
+            continue
+        try:
+            build.compile_bpf(source, kernel=vmlinux)
+            status[name] = None
+        except BpfkitError as exc:
+            status[name] = str(exc)
+    return status
+
+
+# What a bench writes into OUT (and a later run into the same OUT replaces).
+_OUTPUT_FILES = ("results.json", "bench.json", "bench.png", "guest.json", "plan.json")
+_SCENARIO_FILES = ("results.json", "report.md", "throughput.png", "rtt.png", "completion_cdf.png")
+
+
+def _remove_previous_outputs(out: Path) -> None:
+    """Never report an older measurement as this one's (make demo reuses one OUT;
+    a --quick run after a full one must not leave the full run's plots behind)."""
+    for name in _OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    for item in FULL_PLAN:
+        for name in _SCENARIO_FILES:
+            (out / item.name / name).unlink(missing_ok=True)
+
+
+def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...]) -> dict:
+    scenarios = []
+    for item in plan_for(quick):
+        file = scenario_file(item.name)
+        if not file.exists():
+            raise UsageError(f"bench scenario {file} is missing")
+        scenarios.append({"name": item.name, "file": str(file), "scale": item.scale, "repetitions": 1,
+                          "schedulers": [s for s in item.schedulers if s in schedulers], "purpose": item.purpose})
+    return {"format": BENCH_FORMAT, "quick": quick, "out": str(out),
+            "bpf_schedulers": [s for s in schedulers if s != DEFAULT], "scenarios": scenarios}
+
+
+def vm_timeout(plan: dict) -> float:
+    """A bound for failures: every run at its scenario timeout plus set-up."""
+    from bpfkit.lab.scenario import load_scenario
+
+    total = VM_BOOT_MARGIN_S + 120 * len(plan["bpf_schedulers"])
+    for item in plan["scenarios"]:
+        scenario = load_scenario(item["file"]).scaled(item["scale"])
+        total += len(item["schedulers"]) * (scenario.effective_timeout_s + VM_PER_RUN_MARGIN_S)
+    return total
+
+
+def run(out: Path, *, quick: bool, echo_guest=None) -> dict:
+    """Boot the VM once, measure, render; returns the bench document (bench.json)."""
+    from bpfkit import kbuild, vm
+
+    started = time.monotonic()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    kernel = kbuild.default_kernel()  # the VM boots this one; objects are prebuilt for its BTF
+    built = prebuild(kernel.vmlinux)
+    schedulers = (DEFAULT, *[n for n, error in built.items() if error is None])
+    plan = make_plan(quick, out, schedulers)
+    _remove_previous_outputs(out)
+    plan_path = out / "plan.json"
+    plan_path.write_text(json.dumps(plan, indent=1))
+
+    shared = (out,) if not any(out.is_relative_to(d) for d in (PROJECT_ROOT, cache_dir())) else ()
+    result = vm.run([sys.executable, "-m", "bpfkit.bench", "guest", str(plan_path)], kernel=kernel.bzimage,
+                    timeout=vm_timeout(plan), rwdirs=shared, capture=echo_guest is not None)
+    if echo_guest is not None:
+        echo_guest(result.output + result.stderr)
+    guest_file = out / "guest.json"
+    if not guest_file.exists():
+        raise VmError(f"the VM run ended (status {result.exit_code}) without writing {guest_file}")
+    vm_info = {"accel": result.accel, "boot_seconds": result.boot_seconds, "total_seconds": result.total_seconds,
+               "exit_code": result.exit_code}
+    return collect(out, plan, built, vm_info, elapsed_from=started)
+
+
+def collect(out: Path, plan: dict, built: dict, vm_info: dict | None, elapsed_from: float | None = None) -> dict:
+    """After the guest: render each scenario's report and plots, compute the
+    targets, write results.json, bench.json and bench.png into OUT."""
+    from bpfkit.lab import report, runner
+
+    guest_status = json.loads((out / "guest.json").read_text())
+    quick = plan["quick"]
+    docs, files = {}, []
+    for item in plan["scenarios"]:
+        directory = out / item["name"]
+        if not (directory / "results.json").exists():
+            continue
+        doc = runner.load_results(directory)
+        if vm_info:
+            doc["vm"] = {k: vm_info[k] for k in ("accel", "boot_seconds", "total_seconds")}
+            runner.write_results(doc, directory)
+        files += [directory / "results.json", *report.render(doc, directory)]
+        docs[item["name"]] = doc
+
+    results = {
+        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "started": guest_status.get("started"),
+        "kernel": next((d["kernel"] for d in docs.values()), None), "vm": vm_info,
+        "schedulers": list(SCHEDULERS), "prebuild": built, "guest": guest_status, "plan": plan, "scenarios": docs,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    bench = {
+        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "out": str(out),
+        "kernel": results["kernel"], "vm": vm_info, "started": results["started"],
+        "elapsed_s": round(time.monotonic() - elapsed_from, 1) if elapsed_from else guest_status.get("seconds"),
+        "registered": {n: s for n, s in guest_status.get("loaded", {}).items()},
+        "not_built": {n: e for n, e in built.items() if e is not None},
+        "scenario_errors": {n: s["error"] for n, s in guest_status.get("scenarios", {}).items() if not s.get("ok")},
+        "targets": targets(results),
+        "table": summary_table(results),
+    }
+    bench["targets_met"] = sum(1 for t in bench["targets"] if t["met"] is True)
+    bench["targets_total"] = len(bench["targets"])
+    plot = plot_summary(results, bench["targets"], out / "bench.png")
+    bench["files"] = [str(p) for p in [out / "results.json", out / "bench.json", *([plot] if plot else []), *files]]
+    (out / "bench.json").write_text(json.dumps(bench, indent=1))
+    return bench
+
+
+# ---------------------------------------------------------------- summary plot
+
+
+def plot_summary(results: dict, target_list: list[dict], path: Path) -> Path | None:
+    """One figure, one panel per target metric, one bar per scheduler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = results.get("scenarios", {})
+    panels = []
+    bulk = _rows(scenarios.get("wifi-lte"))
+    if bulk:
+        panels.append(("wifi-lte bulk: goodput / sum of path rates", {s: r["vs_capacity"] for s, r in bulk.items()},
+                       BULK_CAPACITY_MIN, ""))
+    short = _rows(scenarios.get("wifi-lte-256k"))
+    if short:
+        panels.append(("wifi-lte 256 KiB: median completion (ms)",
+                       {s: r["completion_p50_s"] and r["completion_p50_s"] * 1e3 for s, r in short.items()}, None, ""))
+    lossy = _rows(scenarios.get("lossy-rr"))
+    if lossy:
+        panels.append(("lossy-rr 1 KiB, 3 % loss: p99 completion (ms)",
+                       {s: r["completion_p99_s"] and r["completion_p99_s"] * 1e3 for s, r in lossy.items()}, None, ""))
+    lossy_path = _rows(scenarios.get("lossy-path"))
+    if lossy_path:
+        panels.append(("lossy-path 100 kB, 2 % loss: p95 completion (ms)",
+                       {s: r["completion_p95_s"] and r["completion_p95_s"] * 1e3 for s, r in lossy_path.items()}, None, ""))
+    handover = _rows(scenarios.get("handover"))
+    if handover:
+        panels.append(("handover: transfer time (s), verified runs only",
+                       {s: r["completion_mean_s"] for s, r in handover.items()}, None, ""))
+    if not panels:
+        return None
+    colors = {"default": "#7f7f7f", "minrtt": "#1f77b4", "redundant": "#d62728", "blest": "#2ca02c", "ecf": "#9467bd"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
+    for ax, (title, values, line, _) in zip(axes[0], panels):
+        names = list(values)
+        heights = [values[n] or 0 for n in names]
+        bars = ax.bar(names, heights, color=[colors.get(n, "#333333") for n in names])
+        for bar, name in zip(bars, names):
+            label = "n/a" if values[name] is None else f"{values[name]:.2f}" if values[name] < 10 else f"{values[name]:.0f}"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        if line is not None:
+            ax.axhline(line, color="black", linestyle="--", linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    met = sum(1 for t in target_list if t["met"] is True)
+    vm = results.get("vm") or {}
+    accel = f", VM {vm.get('accel')}" if vm.get("accel") else ""
+    fig.suptitle(f"bpfkit bench schedulers — kernel {results.get('kernel')}{accel} — targets met {met}/{len(target_list)}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bpfkit.bench guest PLAN` (what the VM runs)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "guest":
+        print("usage: python -m bpfkit.bench guest PLAN.json (run by `bpfkit bench schedulers` inside the VM)",
+              file=sys.stderr)
+        return 2
+    try:
+        return guest(Path(argv[1]))
+    except BpfkitError as exc:
+        print(f"bpfkit bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""`bpfkit sched list|load|use|unload|show` (and `new`, from bpfkit.sched_scaffold):
+BPF MPTCP packet schedulers on kernels with mptcp_sched_ops struct_ops."""
+
+import importlib
+import json
+
+from bpfkit import sched
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sched", help="BPF MPTCP packet schedulers: list, load, use, unload, show",
+                              description="Register BPF MPTCP schedulers (struct mptcp_sched_ops) and select them "
+                                          "per network namespace. Needs a kernel with BPF scheduler support "
+                                          "(the bpfkit VM kernel). See docs/schedulers.md.")
+    sub = p.add_subparsers(dest="sched_command", metavar="ACTION", required=True)
+
+    ls = sub.add_parser("list", help="built-in, registered, selected (per netns) and bpfkit-loaded schedulers")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(handler=handle_list)
+
+    ld = sub.add_parser("load", help="build, register and pin a scheduler (stays registered after exit)")
+    ld.add_argument("scheduler", metavar="NAME|FILE.bpf.c", help="a built-in scheduler (bpf/sched/) or a source file")
+    ld.add_argument("--ops", metavar="MAP", help="which mptcp_sched_ops map of the file (C name or .name), when "
+                                                 "it has several")
+    ld.add_argument("--json", action="store_true", help="machine-readable output")
+    ld.set_defaults(handler=handle_load)
+
+    us = sub.add_parser("use", help="select a registered scheduler for new MPTCP sockets (net.mptcp.scheduler)")
+    us.add_argument("name", help="a name from net.mptcp.available_schedulers, e.g. 'default'")
+    us.add_argument("--netns", metavar="NS", help="in this named network namespace (/var/run/netns/NS)")
+    us.set_defaults(handler=handle_use)
+
+    ul = sub.add_parser("unload", help="unregister a scheduler bpfkit loaded and remove its pin")
+    ul.add_argument("name")
+    ul.add_argument("--force", action="store_true",
+                    help="if a netns selects it, switch that netns to 'default' first (open connections keep "
+                         "the unloaded scheduler until they close)")
+    ul.set_defaults(handler=handle_unload)
+
+    sh = sub.add_parser("show", help="one scheduler: source, programs, pin, flags, where selected")
+    sh.add_argument("name")
+    sh.add_argument("--json", action="store_true", help="machine-readable output")
+    sh.set_defaults(handler=handle_show)
+
+    # `new` is written by bpfkit.sched_scaffold; register it only where it exists
+    try:
+        scaffold = importlib.import_module("bpfkit.sched_scaffold")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bpfkit.sched_scaffold":
+            raise
+        return
+    nw = sub.add_parser("new", help="write a new scheduler source to start from")
+    scaffold.add_new_arguments(nw)
+    nw.set_defaults(handler=scaffold.run_new)
+
+
+def handle_list(args) -> int:
+    data = sched.list_all()
+    print(json.dumps(data, indent=2) if args.json else sched.format_list(data))
+    return 0
+
+
+def handle_load(args) -> int:
+    result = sched.load(args.scheduler, ops=args.ops)
+    rec = result.record
+    if args.json:
+        print(json.dumps({"name": rec.name, "already_loaded": result.already_loaded, "pin": str(rec.pin),
+                          "link_id": result.link_id, "map_id": result.map_id, "source": rec.source,
+                          "program_ids": rec.program_ids, "flags": rec.flags}, indent=2))
+        return 0
+    if result.already_loaded:
+        print(f"{rec.name}: already loaded from {rec.source} (same object), pinned at {rec.pin}")
+    else:
+        print(f"{rec.name}: registered from {rec.source}; link {result.link_id} pinned at {rec.pin}")
+        print(f"  select it with: bpfkit sched use {rec.name} [--netns NS]")
+    return 0
+
+
+def handle_use(args) -> int:
+    before = sched.use(args.name, args.netns)
+    where = f"netns {args.netns}" if args.netns else "the current netns"
+    print(f"net.mptcp.scheduler = {args.name} in {where} (was {before}); applies to new MPTCP sockets")
+    return 0
+
+
+def handle_unload(args) -> int:
+    result = sched.unload(args.name, force=args.force)
+    for ns in result.switched:
+        print(f"{ns}: net.mptcp.scheduler switched from {args.name} to default "
+              f"(connections already open keep {args.name} until they close)")
+    print(f"{args.name}: unregistered and unpinned")
+    return 0
+
+
+def handle_show(args) -> int:
+    info = sched.show(args.name)
+    print(json.dumps(info, indent=2) if args.json else sched.format_show(info))
+    return 0

@@ -1,0 +1,617 @@
+"""BPF MPTCP packet schedulers: list, load (register + pin), use, unload, show.
+
+A scheduler is a `struct mptcp_sched_ops` struct_ops map in a BPF object (the
+bpfkit VM kernel series, vm/patches/6.12, or mptcp_net-next's export branch).
+Registering it puts its `.name` in net.mptcp.available_schedulers; writing that
+name to the per-netns sysctl net.mptcp.scheduler makes new MPTCP sockets of
+that netns use it.
+
+`load` registers through the map's bpf_link (`.struct_ops.link`) and pins the
+link at
+
+    /sys/fs/bpf/bpfkit/sched/<name>/link
+
+so the scheduler stays registered after the command exits.  What bpffs cannot
+hold (source path, object hash, program ids) goes to a small JSON record in
+/run/bpfkit/sched/<name>.json; the pin is the source of truth, the record only
+describes it.  `unload` detaches the link (the kernel unregisters the name at
+once), removes the pin and the record, and waits until the name has left
+available_schedulers.
+
+Lifetime (vm/patches/6.12/0002): every MPTCP socket holds a reference on its
+scheduler's struct_ops map, so connections opened before an unload keep using
+the unloaded scheduler until they close; the map and its programs are freed
+after the last one closed (and an RCU grace period).  New sockets in a netns
+whose sysctl still names the unloaded scheduler get the in-kernel "default".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UsageError
+from bpfkit.paths import BPF_DIR, PIN_ROOT, cache_dir
+
+SCHED_DIR = BPF_DIR / "sched"
+PIN_DIR = PIN_ROOT / "sched"
+RUN_DIR = Path(os.environ.get("BPFKIT_RUN_DIR", "/run/bpfkit")) / "sched"  # records; see _run_dir()
+NETNS_DIR = Path("/var/run/netns")
+SYSCTL_DIR = Path("/proc/sys/net/mptcp")
+DEFAULT = "default"  # the in-kernel scheduler; always registered, cannot be unloaded
+NAME_MAX = 15  # MPTCP_SCHED_NAME_MAX (16) counts the terminating NUL
+CURRENT_NETNS = "(current)"
+UNREGISTER_TIMEOUT = 30.0
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_CLONE_NEWNET = 0x40000000
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+def validate_name(name: str) -> str:
+    """A scheduler name as net.mptcp.scheduler and a pin directory accept it."""
+    if not name or len(name) > NAME_MAX:
+        raise UsageError(f"scheduler name {name!r} must be 1-{NAME_MAX} characters (MPTCP_SCHED_NAME_MAX)")
+    if not _NAME_RE.fullmatch(name):
+        raise UsageError(f"scheduler name {name!r}: use letters, digits, '_', '-', '.' (not starting with '-' "
+                         f"or '.')")
+    return name
+
+
+def _strip_c_comments(text: str) -> str:
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    return re.sub(r"//[^\n]*", "", text)
+
+
+_OPS_RE = re.compile(
+    r'SEC\(\s*"(?P<section>\.struct_ops(?:\.link)?)"\s*\)\s*struct\s+mptcp_sched_ops\s+(?P<var>\w+)\s*=\s*'
+    r"\{(?P<body>.*?)\}\s*;", re.S)
+_NAME_FIELD_RE = re.compile(r'\.name\s*=\s*"(?P<name>[^"\\]*)"')
+_FLAGS_FIELD_RE = re.compile(r"\.flags\s*=\s*(?P<flags>[^,}]+)")
+
+
+@dataclass(frozen=True)
+class OpsMap:
+    """One `struct mptcp_sched_ops` map declared in a BPF C source."""
+
+    var: str  # C variable = BPF map name
+    name: str  # .name: what net.mptcp.scheduler takes
+    link: bool  # SEC(".struct_ops.link") (registered through a bpf_link)
+    redundant: bool  # .flags carries MPTCP_SCHED_FLAG_REDUNDANT
+
+
+def ops_maps(source_text: str) -> list[OpsMap]:
+    """The mptcp_sched_ops maps of a scheduler source, in file order."""
+    out = []
+    for m in _OPS_RE.finditer(_strip_c_comments(source_text)):
+        name = _NAME_FIELD_RE.search(m["body"])
+        flags = _FLAGS_FIELD_RE.search(m["body"])
+        out.append(OpsMap(var=m["var"], name=name["name"] if name else "", link=m["section"] == ".struct_ops.link",
+                          redundant=bool(flags and "REDUNDANT" in flags["flags"])))
+    return out
+
+
+def pick_ops_map(source: Path, maps: list[OpsMap], ops: str | None = None) -> OpsMap:
+    """The map `load` registers: the one named by `ops` (C variable or .name),
+    else the only `.struct_ops.link` map of the file."""
+    if not maps:
+        raise UsageError(f"{source}: no `struct mptcp_sched_ops` map in SEC(\".struct_ops.link\")",
+                         hint="a scheduler declares SEC(\".struct_ops.link\") struct mptcp_sched_ops NAME = "
+                              "{ .get_send = ..., .name = \"NAME\" };")
+    if ops is not None:
+        chosen = [m for m in maps if ops in (m.var, m.name)]
+        if not chosen:
+            raise UsageError(f"{source}: no mptcp_sched_ops map {ops!r} (has: {', '.join(m.var for m in maps)})")
+        pick = chosen[0]
+    else:
+        linked = [m for m in maps if m.link]
+        if len(linked) != 1:
+            what = "no" if not linked else "several"
+            raise UsageError(f"{source}: {what} SEC(\".struct_ops.link\") mptcp_sched_ops maps "
+                             f"({', '.join(m.var for m in maps)}); choose one with --ops MAP")
+        pick = linked[0]
+    if not pick.link:
+        raise UsageError(f"{source}: map {pick.var} is in SEC(\".struct_ops\"); bpfkit registers schedulers "
+                         f"through a pinned bpf_link, which needs SEC(\".struct_ops.link\")")
+    if not pick.name:
+        raise UsageError(f"{source}: map {pick.var} has no .name (the value for net.mptcp.scheduler)")
+    validate_name(pick.name)
+    return pick
+
+
+def builtin_sources() -> dict[str, Path]:
+    """Reference schedulers shipped in bpf/sched/, by kernel name."""
+    out = {}
+    for path in sorted(SCHED_DIR.glob("*.bpf.c")):
+        for m in ops_maps(path.read_text()):
+            if m.link and m.name:
+                out.setdefault(m.name, path)
+    return out
+
+
+def resolve_source(spec: str) -> Path:
+    """NAME of a built-in scheduler, or a path to a .bpf.c file."""
+    if spec.endswith(".c") or "/" in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise UsageError(f"{spec}: no such BPF C file")
+        return path.resolve()
+    builtin = builtin_sources()
+    if spec in builtin:
+        return builtin[spec]
+    validate_name(spec)
+    raise UsageError(f"no built-in scheduler named {spec!r} (built-in: {', '.join(sorted(builtin)) or 'none'})",
+                     hint="pass a path to load your own: bpfkit sched load ./my_sched.bpf.c")
+
+
+def blest_skips_slow(*, fast_srtt_us: int, fast_mss: int, fast_cwnd: int, slow_srtt_us: int, slow_mss: int,
+                     slow_inflight: int, send_window: int, lambda_milli: int = 1000) -> bool:
+    """BLEST's decision in bpf/sched/blest.bpf.c (same integer arithmetic):
+    True when sending on the slow subflow would block the fast one."""
+    milli = 1000
+    fast_srtt_us = fast_srtt_us or 1
+    rtts = min(max(slow_srtt_us * milli // fast_srtt_us, milli), 64 * milli)
+    x = fast_mss * (fast_cwnd * milli + (rtts - milli) // 2) // milli * rtts // milli
+    slow_claim = slow_mss * (slow_inflight + 1)
+    room = max(send_window - slow_claim, 0)
+    return x * lambda_milli // milli > room
+
+
+def ecf_decide(*, fast_srtt_us: int, fast_cwnd_bytes: int, slow_srtt_us: int, slow_cwnd_bytes: int,
+               delta_us: int, unsent: int, waiting: bool) -> str:
+    """ECF's Algorithm 1 in bpf/sched/ecf.bpf.c when the fast subflow cannot
+    send: "slow" (use it), "wait" (waiting := 1) or "slow-reset" (waiting := 0)."""
+    beta_div = 4
+    cwnd_f = fast_cwnd_bytes or 1
+    cwnd_s = slow_cwnd_bytes or 1
+    lhs = (cwnd_f + unsent) * fast_srtt_us * beta_div
+    rhs = (beta_div + (1 if waiting else 0)) * (slow_srtt_us + delta_us) * cwnd_f
+    if lhs < rhs:
+        if unsent * slow_srtt_us >= (2 * fast_srtt_us + delta_us) * cwnd_s:
+            return "wait"
+        return "slow"
+    return "slow-reset"
+
+
+# ---------------------------------------------------------------- kernel state
+
+
+def _read_sysctl(name: str) -> str:
+    try:
+        return (SYSCTL_DIR / name).read_text().strip()
+    except FileNotFoundError:
+        raise KernelUnsupported(f"this kernel has no net.mptcp.{name}",
+                                hint="BPF schedulers need the bpfkit VM kernel (bpfkit vm run -- ...) or "
+                                     "mptcp_net-next's export branch") from None
+
+
+def available() -> list[str]:
+    """net.mptcp.available_schedulers (global: the same list in every netns)."""
+    return _read_sysctl("available_schedulers").split()
+
+
+def require_struct_ops_support() -> None:
+    from bpfkit import libbpf
+
+    available()  # raises KernelUnsupported without MPTCP scheduler sysctls
+    with libbpf.KernelBtf() as btf:
+        if not btf.has_struct("bpf_struct_ops_mptcp_sched_ops"):
+            raise KernelUnsupported("this kernel cannot register BPF MPTCP schedulers (no mptcp_sched_ops "
+                                    "struct_ops)", hint="run it in the bpfkit VM: bpfkit vm run -- bpfkit sched ...")
+
+
+def netns_names() -> list[str]:
+    try:
+        return sorted(p.name for p in NETNS_DIR.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _in_netns(netns: str | None, fn):
+    """Run fn() in network namespace `netns` (None: the current one) from a
+    helper thread: /proc/sys/net resolves to the netns of the thread that opens
+    it, and setns(2) on a thread leaves the rest of the process alone."""
+    if netns is None:
+        return fn()
+    path = NETNS_DIR / netns
+    if not path.exists():
+        raise UsageError(f"no network namespace {netns!r} (looked for {path})",
+                         hint=f"known: {', '.join(netns_names()) or 'none'}")
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise BpfkitError(f"entering network namespace {netns}: {os.strerror(err)}",
+                                      hint="needs root (CAP_SYS_ADMIN)" if err == errno.EPERM else None)
+            finally:
+                os.close(fd)
+            result["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    t = threading.Thread(target=run, name=f"netns-{netns}")
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def selected(netns: str | None = None) -> str:
+    """net.mptcp.scheduler of a netns (None: the current one)."""
+    return _in_netns(netns, lambda: _read_sysctl("scheduler"))
+
+
+def _same_netns_as_current(netns: str) -> bool:
+    try:
+        a, b = os.stat("/proc/self/ns/net"), os.stat(NETNS_DIR / netns)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def selections() -> dict[str, str]:
+    """Scheduler selected in the current netns and in every named netns."""
+    out = {CURRENT_NETNS: selected()}
+    for ns in netns_names():
+        if _same_netns_as_current(ns):
+            continue
+        try:
+            out[ns] = selected(ns)
+        except BpfkitError as exc:
+            out[ns] = f"? ({exc.message})"
+    return out
+
+
+def set_selected(name: str, netns: str | None = None) -> None:
+    """Write net.mptcp.scheduler (the kernel refuses unregistered names)."""
+    def write() -> None:
+        try:
+            (SYSCTL_DIR / "scheduler").write_text(name)
+        except FileNotFoundError:
+            _read_sysctl("scheduler")  # raises KernelUnsupported
+            raise
+        except PermissionError:
+            raise BpfkitError("setting net.mptcp.scheduler needs root") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise UsageError(f"scheduler {name!r} is not registered") from None
+            raise BpfkitError(f"setting net.mptcp.scheduler={name}: {exc.strerror}") from None
+
+    _in_netns(netns, write)
+
+
+# ---------------------------------------------------------------- bpfkit's registrations
+
+
+@dataclass
+class Record:
+    """What bpfkit knows about a scheduler it registered."""
+
+    name: str
+    source: str
+    object: str
+    object_sha256: str
+    ops_map: str
+    flags: list[str] = field(default_factory=list)
+    program_ids: dict[str, int] = field(default_factory=dict)
+    loaded_at: str = ""
+
+    @property
+    def pin(self) -> Path:
+        return link_pin(self.name)
+
+
+def link_pin(name: str) -> Path:
+    return PIN_DIR / name / "link"
+
+
+def _run_dir() -> Path:
+    """Where records live: /run (gone at reboot, like the pins), or the bpfkit
+    cache where /run is not writable (e.g. a read-only guest root); a record
+    without its pin is ignored and overwritten, so outliving a reboot is harmless."""
+    for d in (RUN_DIR, cache_dir() / "sched-records"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if os.access(d, os.W_OK):
+                return d
+        except OSError:
+            continue
+    raise BpfkitError(f"no writable directory for scheduler records ({RUN_DIR})")
+
+
+def _record_path(name: str) -> Path:
+    return _run_dir() / f"{name}.json"
+
+
+def _read_record(name: str) -> Record | None:
+    try:
+        data = json.loads(_record_path(name).read_text())
+        return Record(**data)
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def _write_record(rec: Record) -> None:
+    tmp = _record_path(rec.name).with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(rec), indent=2))
+    os.replace(tmp, _record_path(rec.name))
+
+
+def pinned_names() -> list[str]:
+    """Schedulers bpfkit registered (a pinned link exists)."""
+    try:
+        return sorted(d.name for d in PIN_DIR.iterdir() if (d / "link").exists())
+    except (FileNotFoundError, PermissionError):
+        return []
+
+
+@contextlib.contextmanager
+def _lock():
+    """One bpfkit sched load/unload at a time (pins and records change together)."""
+    with open(_run_dir() / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class LoadResult:
+    record: Record
+    already_loaded: bool
+    link_id: int | None = None
+    map_id: int | None = None
+
+
+def _link_ids(name: str) -> tuple[int | None, int | None]:
+    from bpfkit import libbpf
+
+    try:
+        link = libbpf.Link.from_pin(link_pin(name))
+    except BpfkitError:
+        return None, None
+    try:
+        info = link.info()
+        return info.get("id"), info.get("map_id")
+    finally:
+        link.pin_path = None  # close() must not touch the pin
+        link.close()
+
+
+def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None) -> LoadResult:
+    """Build (cached), load, register and pin a scheduler.
+
+    Idempotent for the same object; an error when another object (or a loader
+    other than bpfkit) holds the name.  On any failure nothing stays
+    registered or pinned."""
+    from bpfkit import build, libbpf
+
+    source = resolve_source(spec)
+    maps = ops_maps(source.read_text(errors="replace"))
+    chosen = pick_ops_map(source, maps, ops)
+    name = chosen.name
+    require_struct_ops_support()
+    built = build.compile_bpf(source, kernel=kernel)
+    sha = _sha256(built.path)
+
+    with _lock():
+        if link_pin(name).exists():
+            rec = _read_record(name)
+            if rec and rec.object_sha256 == sha and rec.ops_map == chosen.var and name in available():
+                link_id, map_id = _link_ids(name)
+                return LoadResult(rec, already_loaded=True, link_id=link_id, map_id=map_id)
+            held_by = rec.source if rec else "an unknown object"
+            raise AttachError(f"scheduler {name!r} is already loaded by bpfkit from {held_by}, a different build",
+                              hint=f"unload it first: bpfkit sched unload {name}")
+        if name in available():
+            raise AttachError(f"scheduler name {name!r} is already registered by another loader (not bpfkit)",
+                              hint="rename yours (.name in the ops map) or unregister the other one")
+
+        obj = libbpf.open_object(built.path)  # VerifierError/LoadError: nothing registered yet
+        link = None
+        try:
+            link = obj.map(chosen.var).attach_struct_ops()
+            link.pin(link_pin(name))
+            program_ids = {p.name: p.id for p in obj.programs.values() if _autoloaded(p)}
+            rec = Record(name=name, source=str(source), object=str(built.path), object_sha256=sha,
+                         ops_map=chosen.var, flags=["redundant"] if chosen.redundant else [],
+                         program_ids=program_ids,
+                         loaded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            _write_record(rec)
+            info = link.info()
+        except BaseException:
+            if link is not None:
+                link.detach()  # unregisters and removes the pin
+            _remove_pin_dir(name)
+            with contextlib.suppress(FileNotFoundError):
+                _record_path(name).unlink()
+            obj.close()
+            raise
+        link.close()  # the pin keeps it registered
+        obj.close()
+        return LoadResult(rec, already_loaded=False, link_id=info.get("id"), map_id=info.get("map_id"))
+
+
+def _autoloaded(prog) -> bool:
+    """Loaded into the kernel (libbpf skips struct_ops programs no map uses)."""
+    if prog.fd < 0:
+        return False
+    try:
+        return prog.id > 0
+    except BpfkitError:
+        return False
+
+
+def _remove_pin_dir(name: str) -> None:
+    d = PIN_DIR / name
+    with contextlib.suppress(FileNotFoundError):
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+
+
+def wait_unregistered(name: str, timeout: float = UNREGISTER_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while name in available():
+        if time.monotonic() > deadline:
+            raise BpfkitError(f"scheduler {name!r} is still in net.mptcp.available_schedulers {timeout:.0f}s "
+                              f"after its link was detached")
+        time.sleep(0.1)
+
+
+@dataclass
+class UnloadResult:
+    name: str
+    switched: dict[str, str]  # netns -> what it selected, now "default"
+
+
+def users(name: str) -> list[str]:
+    """Network namespaces whose net.mptcp.scheduler names `name`."""
+    return [ns for ns, sel in selections().items() if sel == name]
+
+
+def unload(name: str, *, force: bool = False) -> UnloadResult:
+    from bpfkit import libbpf
+
+    validate_name(name)
+    if name == DEFAULT:
+        raise UsageError("the in-kernel 'default' scheduler cannot be unloaded")
+    with _lock():
+        if not link_pin(name).exists():
+            if name in available():
+                raise UsageError(f"scheduler {name!r} is registered, but not by bpfkit (no pin at "
+                                 f"{link_pin(name)}); unregister it with the tool that loaded it")
+            raise UsageError(f"scheduler {name!r} is not loaded",
+                             hint=f"loaded by bpfkit: {', '.join(pinned_names()) or 'none'}")
+        using = users(name)
+        if using and not force:
+            raise UsageError(f"scheduler {name!r} is selected (net.mptcp.scheduler) in: {', '.join(using)}",
+                             hint="select another one there first (bpfkit sched use default [--netns NS]), or "
+                                  "pass --force to switch them to 'default'")
+        switched = {}
+        for ns in using:
+            set_selected(DEFAULT, None if ns == CURRENT_NETNS else ns)
+            switched[ns] = name
+        link = libbpf.Link.from_pin(link_pin(name))
+        link.detach()  # the kernel unregisters the name now; unpins
+        _remove_pin_dir(name)
+        with contextlib.suppress(FileNotFoundError):
+            _record_path(name).unlink()
+        wait_unregistered(name)
+        return UnloadResult(name, switched)
+
+
+def use(name: str, netns: str | None = None) -> str:
+    """Select `name` for new MPTCP sockets of a netns; returns the previous one."""
+    validate_name(name)
+    names = available()
+    if name not in names:
+        hint = f"load it first: bpfkit sched load {name}" if name in builtin_sources() else None
+        raise UsageError(f"scheduler {name!r} is not registered (available: {', '.join(names)})", hint=hint)
+    before = selected(netns)
+    set_selected(name, netns)
+    return before
+
+
+# ---------------------------------------------------------------- list / show
+
+
+def list_all() -> dict:
+    names = available()
+    sel = selections()
+    builtin = builtin_sources()
+    ours = pinned_names()
+    return {
+        "builtin": [{"name": n, "source": str(p), "registered": n in names, "loaded_by_bpfkit": n in ours}
+                    for n, p in sorted(builtin.items())],
+        "available": names,
+        "selected": sel,
+        "bpfkit": ours,
+    }
+
+
+def show(name: str) -> dict:
+    from bpfkit import libbpf
+
+    validate_name(name)
+    names = available()
+    builtin = builtin_sources()
+    rec = _read_record(name)
+    pinned = link_pin(name).exists()
+    if name not in names and not pinned and name not in builtin:
+        raise UsageError(f"no scheduler {name!r}: not registered, not loaded by bpfkit, not built in",
+                         hint=f"available: {', '.join(names)}")
+    out: dict = {
+        "name": name,
+        "registered": name in names,
+        "loaded_by_bpfkit": pinned,
+        "pin": str(link_pin(name)) if pinned else None,
+        "source": rec.source if rec else (str(builtin[name]) if name in builtin else None),
+        "selected_in": [ns for ns, sel in selections().items() if sel == name],
+    }
+    if name == DEFAULT:
+        out["source"] = "in-kernel (net/mptcp/protocol.c)"
+    if rec:
+        live = {p: i for p, i in rec.program_ids.items() if libbpf.program_info_by_id(i) is not None}
+        out.update(object=rec.object, object_sha256=rec.object_sha256, ops_map=rec.ops_map, flags=rec.flags,
+                   program_ids=live, loaded_at=rec.loaded_at)
+    elif name in builtin:
+        m = pick_ops_map(builtin[name], ops_maps(builtin[name].read_text()))
+        out["flags"] = ["redundant"] if m.redundant else []
+    if pinned:
+        out["link_id"], out["map_id"] = _link_ids(name)
+    return out
+
+
+def format_list(data: dict) -> str:
+    lines = ["built-in (bpf/sched/):"]
+    for b in data["builtin"]:
+        state = "loaded by bpfkit" if b["loaded_by_bpfkit"] else ("registered" if b["registered"] else "not loaded")
+        lines.append(f"  {b['name']:<16} {state:<17} {b['source']}")
+    lines.append(f"registered (net.mptcp.available_schedulers): {' '.join(data['available'])}")
+    lines.append(f"loaded by bpfkit (pinned under {PIN_DIR}): {' '.join(data['bpfkit']) or 'none'}")
+    lines.append("selected (net.mptcp.scheduler):")
+    for ns, sel in data["selected"].items():
+        lines.append(f"  {ns:<16} {sel}")
+    return "\n".join(lines)
+
+
+def format_show(info: dict) -> str:
+    order = ["name", "registered", "loaded_by_bpfkit", "source", "object", "object_sha256", "ops_map", "flags",
+             "program_ids", "link_id", "map_id", "pin", "loaded_at", "selected_in"]
+    lines = []
+    for key in order:
+        if key not in info:
+            continue
+        value = info[key]
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, list):
+            value = ", ".join(value) or "-"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif value is None:
+            value = "-"
+        lines.append(f"{key.replace('_', ' ') + ':':<18} {value}")
+    return "\n".join(lines)

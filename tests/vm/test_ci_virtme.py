@@ -1,0 +1,25 @@
+"""The virtme-docker exec-run hook inside the bpfkit VM kernel: sourced with a
+stub of the image's run_cmd (tests/virtme_docker_stub.sh), each test is one TAP
+result and the outcome mapping holds — pass → ok, fail → not ok # FAIL, skip →
+# SKIP (not ok when SELFTESTS_MPTCP_LIB_EXPECT_ALL_FEATURES=1), nothing
+collected (pytest 5) → not ok, import errors → not ok; plus one real bpfkit
+VM-tier test run through the hook against this kernel."""
+
+import pytest
+
+from tests.virtme_docker_check import check_outcome_mapping, make_tree, run_exec_run
+
+pytestmark = pytest.mark.vm
+
+
+def test_exec_run_outcome_mapping_in_guest(tmp_path):
+    # (the import-error case is covered by the unit test; every pytest start is
+    # slow under TCG emulation)
+    check_outcome_mapping(tmp_path, with_collection_error=False)
+
+
+def test_exec_run_runs_a_real_vm_tier_test(tmp_path):
+    tree, _ = make_tree(tmp_path)
+    verdicts, out = run_exec_run(tree, "tests/vm/test_lab_vm.py::test_vm_kernel_has_netem", expect_all="1",
+                                 results=tmp_path / "results")
+    assert verdicts == {"bpfkit_test_lab_vm.py_test_vm_kernel_has_netem": (True, "")}, out
