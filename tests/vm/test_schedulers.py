@@ -97,7 +97,10 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
             listening.set()
             lsk.settimeout(60)
             conn, _ = lsk.accept()
-            lsk.close()
+            # Keep listening until the transfer is over: MP_JOIN SYNs and the joins'
+            # third ACKs are handled through this listener; closing it right after
+            # accept() resets every join that is still on its way (most of them
+            # under TCG, and any behind a netem delay).
             conn.settimeout(180)
             digest = hashlib.sha256()
             while data := conn.recv(1 << 20):
@@ -105,6 +108,7 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
                 state["received"] += len(data)
             state["sha"] = digest.hexdigest()
             conn.close()
+            lsk.close()
         except BaseException as exc:
             errors.append(exc)
         finally:
