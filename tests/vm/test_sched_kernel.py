@@ -74,6 +74,21 @@ def mptcp_counters(ns: str) -> dict[str, int]:
     return out
 
 
+def settled_info(sk: socket.socket, timeout: float = 30) -> mptcp_sockopt.FullInfo:
+    """MPTCP_FULL_INFO once the peer DATA_ACKed everything and every subflow
+    has put all it queued on the wire (redundant copies included), so
+    tcpi_bytes_sent is final."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = mptcp_sockopt.full_info(sk)
+        m = info.mptcp
+        acked = m.snd_una is None or m.write_seq is None or m.snd_una >= m.write_seq
+        drained = all(not sf.tcp.notsent_bytes for sf in info.subflows)
+        if (acked and drained) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
 def payload(size: int) -> bytes:
     """Deterministic, incompressible-looking bytes."""
     out = bytearray()
@@ -211,9 +226,13 @@ class Transfer:
                 sent = end
                 if self.on_progress:
                     self.on_progress(sent)
+            # Read the per-subflow counters while the connection is still open:
+            # once both DATA_FINs are exchanged the kernel disposes of every
+            # subflow but the first, and a copy still queued on a subflow would
+            # never be counted.
+            self.client_info = settled_info(sk)
             sk.shutdown(socket.SHUT_WR)
             self._server_done.wait(120)
-            self.client_info = mptcp_sockopt.full_info(sk)
             sk.close()
         except BaseException as exc:
             self.errors.append(exc)
@@ -345,16 +364,13 @@ def test_duplicating_scheduler_sends_everything_on_each_subflow(pair, no_leftove
     # the application got every byte exactly once, in order
     t.assert_intact()
     by_id = t.bytes_by_subflow()
-    # Copies are best effort by design (see the kernel patch): a subflow never
-    # copies data the peer already DATA_ACKed through the other one. On equal
-    # paths on real hardware each subflow carries ~100%; in a TCG guest the
-    # process-context leader (subflow 1) runs ahead and subflow 2 skips the part
-    # acked meanwhile (67% seen). Require clearly-duplicated traffic: subflow 1
-    # all of it, subflow 2 more than half, and together well above one copy
-    # (round robin stays near 1x).
-    assert by_id[1] >= TOTAL * 0.9, f"subflow 1 carried {by_id[1]} of {TOTAL} bytes: {by_id}"
-    assert by_id[2] >= TOTAL * 0.5, f"subflow 2 carried {by_id[2]} of {TOTAL} bytes: {by_id}"
-    assert by_id[1] + by_id[2] >= TOTAL * 1.5, by_id
+    # Each subflow carries the whole stream (the kernel keeps acked data queued
+    # until every marked subflow has copied it); the join starts a little late,
+    # (it copies only what is not acked when it enters the set: at most the
+    # first chunks, under 5% of the stream); round robin would give about 0.5.
+    for sf_id in (1, 2):
+        assert by_id[sf_id] >= TOTAL * 0.95, f"subflow {sf_id} carried {by_id[sf_id]} of {TOTAL} bytes: {by_id}"
+    # the copies are not MPTCP-level retransmissions: the stream was sent once
     assert t.client_info.mptcp.bytes_sent is None or t.client_info.mptcp.bytes_sent <= TOTAL + 1
 
 

@@ -33,7 +33,8 @@ import pytest
 
 from bpfkit import build, libbpf, mptcp_sockopt, sched
 from bpfkit.errors import AttachError, UsageError, VerifierError
-from tests.vm.test_sched_kernel import PAYLOAD, Pair, enter_netns, mptcp_counters, no_leftover_bpf, sh  # noqa: F401
+from tests.vm.test_sched_kernel import (  # noqa: F401
+    PAYLOAD, Pair, enter_netns, mptcp_counters, no_leftover_bpf, settled_info, sh)
 
 pytestmark = pytest.mark.vm
 
@@ -132,6 +133,8 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
             if state["seen"] < subflows:
                 sk.close()
                 return
+            if subflows > 1:
+                wait_joins_usable(sk, subflows, deadline)
             while sent < size:
                 end = min(sent + CHUNK, size)
                 sk.sendall(PAYLOAD[sent:end])
@@ -163,19 +166,21 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
                   time.monotonic() - start)
 
 
-def settled_info(sk: socket.socket, timeout: float = 30) -> mptcp_sockopt.FullInfo:
-    """MPTCP_FULL_INFO once the peer DATA_ACKed everything and every subflow
-    has put all it queued on the wire (redundant copies included), so
-    tcpi_bytes_sent is final."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = mptcp_sockopt.full_info(sk)
-        m = info.mptcp
-        acked = m.snd_una is None or m.write_seq is None or m.snd_una >= m.write_seq
-        drained = all(not sf.tcp.notsent_bytes for sf in info.subflows)
-        if (acked and drained) or time.monotonic() > deadline:
-            return info
-        time.sleep(0.05)
+TCP_ESTABLISHED = 1
+
+
+def wait_joins_usable(sk: socket.socket, subflows: int, deadline: float) -> None:
+    """mptcp_info counts a join as soon as the path manager starts it; the
+    scheduler can use it only once its handshake is over and the peer has
+    acknowledged the MP_JOIN third ACK, about one more RTT of that path.  Wait for
+    that, so that the whole transfer (a fraction of a second unshaped) is
+    scheduled over all the subflows the test is about."""
+    while time.monotonic() < deadline:
+        joins = [sf for sf in mptcp_sockopt.full_info(sk).subflows if sf.tcp.state == TCP_ESTABLISHED]
+        if len(joins) >= subflows:
+            time.sleep(0.05 + 2 * max(sf.tcp.rtt_us or 0 for sf in joins) / 1e6)
+            return
+        time.sleep(0.02)
 
 
 def netem(pair: Pair, dev: str, spec: str) -> None:
