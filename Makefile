@@ -11,20 +11,6 @@ BPFKIT := $(VENV)/bin/bpfkit
 PYTEST := $(VENV)/bin/pytest
 # The VM tier boots one guest for all vm tests; this bounds it (CI has 90 min in all).
 VM_TEST_TIMEOUT ?= 4200
-# VM tests left out of `make test`, each for a stated reason (run them by hand with
-# `bpfkit vm run -- .venv/bin/pytest -m vm FILE`):
-# - "every byte on each subflow" checks of redundant sending: copies are best effort in
-#   vm/patches/6.12/0004 (a subflow skips data the peer already DATA_ACKed on another
-#   one), so in the TCG guest subflow 2 carries 46-83 % on equal paths and 0 % behind
-#   a 20 ms delay. Open work on the kernel-series and schedulers issues;
-# - the virtme-docker hook and pytest-plugin VM tests (~15 min under TCG): their unit
-#   and host tests run here; the VM ones would push CI towards its 90 min.
-VM_DESELECT := \
-	--deselect tests/vm/test_sched_kernel.py::test_duplicating_scheduler_sends_everything_on_each_subflow \
-	--deselect tests/vm/test_schedulers.py::test_redundant_puts_every_byte_on_each_subflow \
-	--deselect tests/vm/test_schedulers.py::test_redundant_with_a_slow_path_still_copies_everything \
-	--ignore tests/vm/test_ci_virtme.py --ignore tests/vm/test_pytest_plugin_vm.py
-
 APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev dwarves flex bison bc libssl-dev \
 	cpio rsync kmod xz-utils make gcc linux-source-6.12 qemu-system-x86 udev busybox-static mptcpize \
 	iproute2 ethtool procps iputils-ping python3-venv
@@ -69,4 +55,4 @@ test-unit test-host: venv
 test-vm: setup
 	@# Compiling in the guest runs clang under emulation; prebuild for the VM kernel instead.
 	$(BPFKIT) build --kernel vm $(filter-out tests/bpf/broken.bpf.c tests/bpf/tcp_ca.bpf.c,$(wildcard bpf/*.bpf.c bpf/*/*.bpf.c tests/bpf/*.bpf.c)) || true
-	$(BPFKIT) vm run --timeout $(VM_TEST_TIMEOUT) -- env BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m vm --durations=25 $(VM_DESELECT)
+	$(BPFKIT) vm run --timeout $(VM_TEST_TIMEOUT) -- env BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m vm --durations=25

@@ -306,18 +306,37 @@ def test_blackholed_path_is_recovered_by_retransmission(pair, name):
 # ---------------------------------------------------------------- behaviour
 
 
+def paced(rate_bps: float):
+    """on_progress callback: hold the writer to `rate_bps` (an application that
+    sends less than the paths could carry)."""
+    start = {}
+
+    def wait(sent: int) -> None:
+        now = time.monotonic()
+        start.setdefault("t", now - CHUNK * 8 / rate_bps)  # the first chunk went before the first call
+        ahead = start["t"] + sent * 8 / rate_bps - now
+        if ahead > 0:
+            time.sleep(ahead)
+
+    return wait
+
+
 def test_minrtt_prefers_the_low_rtt_path(pair):
-    """Path 2 has 40 ms more delay.  min-RTT fills path 1 first and uses path 2
-    only while path 1's window is full: most bytes go on path 1.  A scheduler
-    that ignored RTT (round robin) would put about half on each."""
+    """Path 2 has 40 ms more delay.  min-RTT puts data on path 2 only while path
+    1's congestion window is full, so an application sending well below what
+    path 1 carries (16 Mbit/s; unshaped veth carries ~100 Mbit/s even in a TCG
+    guest) has nearly all its bytes on path 1, the first chunks of slow start
+    aside.  A scheduler that ignored RTT (round robin) would put about half on
+    each.  (A bulk sender at full speed keeps path 1's window full in a
+    CPU-bound guest: min-RTT then rightly spills about 30 % onto path 2.)"""
     netem(pair, "c2", "delay 40ms")
     with Loaded("minrtt"):
         pair.set_scheduler("minrtt")
-        res = transfer(pair, 8 * MiB)
+        res = transfer(pair, 3 * MiB, on_progress=paced(16e6))
     res.assert_intact()
-    report("minrtt, path 2 +40ms", res)
+    report("minrtt, path 2 +40ms, 16 Mbit/s application", res)
     assert res.rtt_us[1] < res.rtt_us[2], res.rtt_us
-    assert res.share(1) >= 0.75, res.by_id
+    assert res.share(1) >= 0.85, res.by_id
 
 
 def test_redundant_puts_every_byte_on_each_subflow(pair):
