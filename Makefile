@@ -1,6 +1,7 @@
 # Two entry points on a fresh Debian 12 machine (run as root):
 #   make demo   - the main job
-#   make test   - every test tier: unit, host, and vm (inside the bpfkit VM kernel)
+#   make test   - every test tier: unit, host, and vm (inside the bpfkit VM kernel), then the
+#                 kernel series' tests again on the debug (lockdep) flavour of that kernel
 # Each installs what it needs (apt packages, the venv, libbpf, the VM kernel)
 # idempotently; with everything cached they start at once.
 
@@ -15,7 +16,7 @@ APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev dwarves flex
 	cpio rsync kmod xz-utils make gcc linux-source-6.12 qemu-system-x86 udev busybox-static mptcpize \
 	iproute2 ethtool procps iputils-ping python3-venv
 
-.PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm clean-cache
+.PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm test-vm-debug clean-cache
 all: test
 
 setup: apt venv libbpf kernel
@@ -47,12 +48,28 @@ demo: setup
 	$(BPFKIT) doctor
 	$(BPFKIT) bench schedulers --out $(DEMO_OUT)
 
-test: setup test-unit test-host test-vm
+test: setup test-unit test-host test-vm test-vm-debug
 
 test-unit test-host: venv
 	BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m "$(subst test-,,$@)"
 
+# Compiling in the guest runs clang under emulation; prebuild for the VM kernel instead
+# (broken.bpf.c fails on purpose, tcp_ca.bpf.c is a host-tier object).
+VM_BPF_SOURCES = $(filter-out tests/bpf/broken.bpf.c tests/bpf/tcp_ca.bpf.c,$(wildcard bpf/*.bpf.c bpf/*/*.bpf.c tests/bpf/*.bpf.c))
+
 test-vm: setup
-	@# Compiling in the guest runs clang under emulation; prebuild for the VM kernel instead.
-	$(BPFKIT) build --kernel vm $(filter-out tests/bpf/broken.bpf.c tests/bpf/tcp_ca.bpf.c,$(wildcard bpf/*.bpf.c bpf/*/*.bpf.c tests/bpf/*.bpf.c)) || true
+	$(BPFKIT) build --kernel vm $(VM_BPF_SOURCES) >/dev/null
 	$(BPFKIT) vm run --timeout $(VM_TEST_TIMEOUT) -- env BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m vm --durations=25
+
+# The kernel series' tests again on the debug flavour of the same kernel (lockdep,
+# DEBUG_NET, DEBUG_LIST, oops = panic; vm/config/debug.config): a splat fails
+# test_kernel_log_has_no_splat, an oops the whole run (exit 125).
+VM_DEBUG_TESTS := tests/vm/test_sched_kernel.py tests/vm/test_schedulers.py::test_redundant_puts_every_byte_on_each_subflow \
+	tests/vm/test_schedulers.py::test_redundant_with_a_slow_path_still_copies_everything \
+	tests/vm/test_schedulers.py::test_blackholed_path_is_recovered_by_retransmission \
+	tests/vm/test_schedulers.py::test_dead_primary_path_moves_to_the_backup \
+	tests/vm/test_schedulers.py::test_kernel_log_has_no_splat
+test-vm-debug: setup
+	$(BPFKIT) vm kernel --flavour debug
+	$(BPFKIT) build --kernel vm-debug $(VM_BPF_SOURCES) >/dev/null
+	$(BPFKIT) vm run --flavour debug --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m vm --durations=10 $(VM_DEBUG_TESTS)

@@ -12,18 +12,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("build", help="compile BPF C (CO-RE) against a kernel's BTF; cached by content")
     p.add_argument("sources", nargs="*", type=Path, help="*.bpf.c files (default: every bpf/**/*.bpf.c)")
     p.add_argument("--kernel", default="running",
-                   help="'running' (this kernel's BTF), 'vm' (the cached bpfkit VM kernel, so the guest finds "
-                        "the objects prebuilt), or a vmlinux file / kernel build dir")
+                   help="'running' (this kernel's BTF), 'vm' or 'vm-debug' (the cached bpfkit VM kernel of that "
+                        "flavour, so the guest finds the objects prebuilt), or a vmlinux file / kernel build dir")
     p.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
     sources = args.sources or sorted(BPF_DIR.rglob("*.bpf.c"))
     kernel = args.kernel
-    if kernel == "vm":
+    if kernel in ("vm", "vm-debug"):
         from bpfkit import kbuild
 
-        kernel = kbuild.default_kernel().vmlinux
+        kernel = kbuild.default_kernel("debug" if kernel == "vm-debug" else "default").vmlinux
     failed = 0
     for source in sources:
         try:

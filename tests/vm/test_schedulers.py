@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, libbpf, mptcp_sockopt, sched
+from bpfkit import build, libbpf, mptcp_sockopt, sched, sock_diag
 from bpfkit.errors import AttachError, UsageError, VerifierError
 from tests.vm.test_sched_kernel import (  # noqa: F401
     PAYLOAD, Pair, enter_netns, mptcp_counters, no_leftover_bpf, settled_info, sh)
@@ -301,6 +301,36 @@ def test_blackholed_path_is_recovered_by_retransmission(pair, name):
     res.assert_intact()
     report(f"{name} path 2 blackholed", res)
     assert res.by_id[1] >= 3 * MiB * 0.6, res.by_id
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_dead_primary_path_moves_to_the_backup(pair, name):
+    """Path 2 is a backup (the server's signal endpoint carries the backup flag).
+    After 1 MiB every packet on path 1 is dropped, for good.  The kernel marks
+    subflow 1 stale after net.mptcp.stale_loss_cnt retransmission periods without
+    progress (patch 0005 runs that check for BPF schedulers too), the scheduler
+    then sees no active regular subflow and must carry the rest on the backup.
+    Without the stale mark the connection would wait for path 1 until TCP gives
+    up on it (minutes)."""
+    dropped = {}
+
+    def blackhole(sent: int) -> None:
+        if not dropped and sent >= MiB:
+            # (the client thread is in the client netns: sock_diag sees its subflows)
+            dropped["backup"] = [sf.backup for conn in sock_diag.connections() for sf in conn.subflows
+                                 if sf.local[0] == "10.0.2.2"]
+            netem(pair, "c1", "loss 100%")
+
+    sh("ip", "-n", pair.srv, "mptcp", "endpoint", "flush")
+    sh("ip", "-n", pair.srv, "mptcp", "endpoint", "add", "10.0.2.1", "dev", "s2", "signal", "backup")
+    with Loaded(name):
+        pair.set_scheduler(name)
+        res = transfer(pair, 3 * MiB, on_progress=blackhole, settle_timeout=2)
+    res.assert_intact()
+    report(f"{name} path 1 dead, path 2 backup", res)
+    assert dropped, "path 1 was never blackholed"
+    assert dropped["backup"] == [True], f"subflow 2 should be a backup subflow: {dropped}"
+    assert res.by_id[2] >= 1.5 * MiB, f"the backup should carry the rest: {res.by_id}"
 
 
 # ---------------------------------------------------------------- behaviour
