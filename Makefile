@@ -72,4 +72,4 @@ VM_DEBUG_TESTS := tests/vm/test_sched_kernel.py tests/vm/test_schedulers.py::tes
 test-vm-debug: setup
 	$(BPFKIT) vm kernel --flavour debug
 	$(BPFKIT) build --kernel vm-debug $(VM_BPF_SOURCES) >/dev/null
-	$(BPFKIT) vm run --flavour debug --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m vm --durations=10 $(VM_DEBUG_TESTS)
+	$(BPFKIT) vm run --flavour debug --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_EXPECT_LOCKDEP=1 $(PYTEST) -m vm --durations=10 $(VM_DEBUG_TESTS)
