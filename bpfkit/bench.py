@@ -58,7 +58,7 @@ class BenchScenario:
 
 # The full bench: every scheduler on every scenario at the files' own length.
 FULL_PLAN = (
-    BenchScenario("wifi-lte", SCHEDULERS, 1.0, "bulk 10 s: is the sum of the paths used?"),
+    BenchScenario("wifi-lte", SCHEDULERS, 1.0, "bulk 20 s: is the sum of the paths used?"),
     BenchScenario("wifi-lte-256k", SCHEDULERS, 1.0, "256 KiB transfers: median completion time"),
     BenchScenario("lossy-path", SCHEDULERS, 1.0, "100 kB responses, 2 % loss on one path: tail completion"),
     BenchScenario("lossy-rr", SCHEDULERS, 1.0, "1 KiB request/response, 3 % loss on the primary: p99"),
@@ -67,7 +67,7 @@ FULL_PLAN = (
 # --quick: what the targets need, at shorter lengths (each run costs ~30 s of
 # set-up in a TCG guest whatever its length, so fewer runs matter most).
 QUICK_PLAN = (
-    BenchScenario("wifi-lte", (DEFAULT, "minrtt", "blest"), 0.5, FULL_PLAN[0].purpose.replace("10 s", "5 s")),
+    BenchScenario("wifi-lte", (DEFAULT, "minrtt", "blest"), 0.5, FULL_PLAN[0].purpose.replace("20 s", "10 s")),
     BenchScenario("wifi-lte-256k", (DEFAULT, "minrtt", "blest"), 0.5, FULL_PLAN[1].purpose),
     BenchScenario("lossy-rr", (DEFAULT, "redundant"), 0.6, FULL_PLAN[3].purpose),
     BenchScenario("handover", SCHEDULERS, 0.5, "Wi-Fi down/up under a 10 MB download: every byte verified"),
