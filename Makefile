@@ -14,7 +14,7 @@ PYTEST := $(VENV)/bin/pytest
 VM_TEST_TIMEOUT ?= 4200
 APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev dwarves flex bison bc libssl-dev \
 	cpio rsync kmod xz-utils make gcc linux-source-6.12 qemu-system-x86 udev busybox-static mptcpize \
-	iproute2 ethtool procps iputils-ping python3-venv
+	iproute2 ethtool procps iputils-ping python3-venv shellcheck
 
 .PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm test-vm-debug clean-cache
 all: test
