@@ -162,7 +162,7 @@ def test_cli_end_to_end(tmp_path):
     out = tmp_path / "out"
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "bpfkit", "lab", "run", str(SCENARIOS / "wifi-lte.toml"), "--host", "--duration-scale", "0.3", "--out", str(out), "--json"],
+        [sys.executable, "-m", "bpfkit", "lab", "run", str(SCENARIOS / "wifi-lte.toml"), "--host", "--duration-scale", "0.15", "--out", str(out), "--json"],
         capture_output=True,
         text=True,
         timeout=120,
