@@ -11,6 +11,7 @@ import os
 import uuid
 from pathlib import Path
 
+from bpfkit import fs
 from bpfkit.errors import UsageError
 
 
@@ -51,7 +52,9 @@ def resolve(path: str | Path) -> Path:
     candidate = Path(os.path.normpath(candidate))
     if not candidate.is_dir():
         raise UsageError(f"cgroup {path}: no such directory ({candidate})")
-    fstype = _fstype_of(candidate)
+    if fs.magic(candidate) == fs.CGROUP2_SUPER_MAGIC:
+        return candidate
+    fstype = _fstype_of(candidate)  # only to say what it is instead
     if fstype != "cgroup2":
         raise UsageError(f"{candidate} is not a cgroup v2 directory (it is on {fstype or 'an unknown fs'})",
                          hint=f"BPF attaches only to cgroup v2; the v2 hierarchy is at {cgroup2_root()}")

@@ -24,7 +24,7 @@ from ctypes import (CFUNCTYPE, POINTER, byref, c_bool, c_char, c_char_p, c_int, 
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfkit import libbpf_dist
+from bpfkit import fs, libbpf_dist
 from bpfkit.errors import AttachError, LoadError, VerifierError
 from bpfkit.paths import PIN_ROOT  # noqa: F401  (re-exported for callers)
 
@@ -699,7 +699,7 @@ def open_object(path: str | Path, rodata: dict | None = None) -> BpfObject:
 
 def ensure_bpffs(root: Path = Path("/sys/fs/bpf")) -> None:
     """Mount bpffs at /sys/fs/bpf if nothing is mounted there yet."""
-    if _fstype(root) == "bpf":
+    if fs.magic(root) == fs.BPF_FS_MAGIC:
         return
     root.mkdir(parents=True, exist_ok=True)
     ret = _libc.mount(b"bpffs", str(root).encode(), b"bpf", 0, None)
