@@ -64,3 +64,4 @@ class VmTimeout(VmError):
 
 class VmPanic(VmError):
     exit_code = 125
+    command_started = True  # False: the guest died while booting, the command never ran

@@ -39,6 +39,8 @@ from bpfkit.paths import PROJECT_ROOT, cache_dir
 
 CONSOLE_TAIL_LINES = 20
 OUTPUT_TAIL_LINES = 40
+# Boots tried again when the guest kernel dies before the command starts.
+BOOT_PANIC_RETRIES = 1
 KVM_PROBE_TIMEOUT = 45.0  # a KVM boot takes ~2 s; a broken KVM hangs or dies
 KILL_GRACE_SECONDS = 3.0
 
@@ -348,12 +350,24 @@ def run(
 def _boot(command: list[str], *, kernel: Path, accel: str, timeout: float, mem: str, cpus: int,
           rwdirs, env: dict[str, str] | None, capture: bool) -> VmResult:
     vng = find_vng()
-    workdir = Path(tempfile.mkdtemp(prefix="bpfkit-vm-"))
-    try:
-        return _boot_in(workdir, vng, command, kernel=kernel, accel=accel, timeout=timeout,
-                        mem=mem, cpus=cpus, rwdirs=rwdirs, env=env, capture=capture)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    for attempt in range(1 + BOOT_PANIC_RETRIES):
+        workdir = Path(tempfile.mkdtemp(prefix="bpfkit-vm-"))
+        try:
+            return _boot_in(workdir, vng, command, kernel=kernel, accel=accel, timeout=timeout,
+                            mem=mem, cpus=cpus, rwdirs=rwdirs, env=env, capture=capture)
+        except VmPanic as exc:
+            # A guest that dies while booting never ran the command, so booting it
+            # again changes nothing the command did.  Under TCG this happens now and
+            # then (an int3 left by the kernel's boot-time text patching, seen by the
+            # other vCPU: emulated cross-modifying code); a panic once the command
+            # runs is the command's outcome and is never retried.
+            if exc.command_started or attempt == BOOT_PANIC_RETRIES:
+                raise
+            print(f"bpfkit: the guest kernel died while booting, before the command ran; booting again\n"
+                  f"{_indent(str(exc).splitlines()[1:4])}", file=sys.stderr)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 def vng_command(vng: Path, *, kernel: Path, accel: str, mem: str, cpus: int, shared: list[Path],
@@ -447,7 +461,11 @@ def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, acce
             + ("\nlast output lines:\n" + _indent(tail.lines()[-10:]) if tail.lines() else "")
         )
     status = parse_status(_read(workdir / "status"))
-    exit_code = interpret(status, console, tail.lines(), proc.returncode)
+    try:
+        exit_code = interpret(status, console, tail.lines(), proc.returncode)
+    except VmPanic as exc:
+        exc.command_started = boot_seconds is not None
+        raise
     return VmResult(
         exit_code=exit_code,
         output=b"".join(out_chunks).decode(errors="replace") if capture else "",
