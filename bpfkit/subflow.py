@@ -177,12 +177,26 @@ def _locked():
     """Serialise apply/clear: two concurrent applies on one cgroup would both
     see "nothing pinned" and attach twice. flock works on a bpffs directory."""
     libbpf.ensure_bpffs()
-    PIN_DIR.mkdir(parents=True, exist_ok=True)
-    fd = os.open(PIN_DIR, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    while True:
+        PIN_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(PIN_DIR, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        # the last holder removes the directory once no policy is left (below):
+        # a lock taken on a directory removed meanwhile locks nothing, take it again
+        try:
+            if os.stat(PIN_DIR).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield
     finally:
+        try:
+            if not any(PIN_DIR.iterdir()):  # nothing pinned: leave no trace in bpffs
+                PIN_DIR.rmdir()
+        except OSError:
+            pass
         os.close(fd)
 
 
