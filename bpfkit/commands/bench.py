@@ -68,7 +68,7 @@ def print_report(result: dict) -> None:
         completion = (f"{row['completion_mean_s']:.2f} s" if bulk and row["completion_mean_s"] is not None
                       else f"{_ms(row['completion_p50_s'])} / {_ms(row['completion_p99_s'])}")
         share = " / ".join(f"{p} {v * 100:.0f}%" for p, v in row["path_share"].items()) or "—"
-        table.add_row(row["scenario"], row["scheduler"], f"{row['ok_runs']}/{row['runs']}", goodput,
+        table.add_row(row["scenario"], f"[dim]{row['scheduler']}[/]" if row.get("reference") else row["scheduler"], f"{row['ok_runs']}/{row['runs']}", goodput,
                       "—" if row["vs_capacity"] is None or not bulk else f"{row['vs_capacity']:.2f}",
                       "—" if row["vs_default"] is None or not bulk else f"{row['vs_default']:.2f}",
                       completion, share)
@@ -103,13 +103,16 @@ def describe_values(target: dict) -> str:
     if target.get("note") and target["met"] is None:
         return target["note"]
     tid = target["id"]
+    note = f"; {target['note']}" if target.get("note") else ""
     if tid.startswith("wifi-lte-bulk-"):
-        return (f"{v['goodput_bps'] / 1e6:.2f} Mbit/s = {v['vs_capacity']:.2f} × capacity, "
-                f"{v['vs_default']:.2f} × default ({v['default_goodput_bps'] / 1e6:.2f} Mbit/s)")
+        alone = (f", {v['vs_paths_alone']:.2f} × the paths alone" if v.get("vs_paths_alone") is not None else "")
+        return (f"{v['goodput_bps'] / 1e6:.2f} Mbit/s = {v['vs_capacity']:.2f} × capacity{alone}, "
+                f"{v['vs_default']:.2f} × default ({v['default_goodput_bps'] / 1e6:.2f} Mbit/s){note}")
     if tid == "wifi-lte-256k-blest":
         m = v["median_s"]
-        return (f"median blest {_ms(m['blest'])} ms, minrtt {_ms(m['minrtt'])} ms, default {_ms(m['default'])} ms: "
-                f"{v['blest_vs_minrtt']:.2f} × minrtt, {v['blest_vs_default']:.2f} × default")
+        alone = "".join(f", {p} alone {_ms(t)} ms" for p, t in v.get("alone_median_s", {}).items())
+        return (f"median blest {_ms(m['blest'])} ms, minrtt {_ms(m['minrtt'])} ms, default {_ms(m['default'])} ms"
+                f"{alone}: {v['blest_vs_minrtt']:.2f} × minrtt, {v['blest_vs_default']:.2f} × default{note}")
     if tid == "lossy-rr-redundant":
         p = v["p99_s"]
         return f"p99 redundant {_ms(p['redundant'])} ms, default {_ms(p['default'])} ms: {v['redundant_vs_default']:.2f} × default"

@@ -149,6 +149,22 @@ class Scenario:
             events=events,
         )
 
+    def alone(self, path: str) -> Scenario:
+        """The same traffic over `path` only (its events kept, the other paths and
+        their events gone), with the default scheduler: what that path carries
+        by itself — the reference a multipath scheduler is compared with."""
+        if path not in {p.name for p in self.paths}:
+            raise UsageError(f"{self.name}: no path {path!r} (paths: {', '.join(p.name for p in self.paths)})")
+        kept = replace(self.path(path), backup=False)  # the only path carries the initial subflow
+        return replace(
+            self,
+            name=f"{self.name}.{path}-alone",
+            description=f"{self.description} — {path} alone",
+            schedulers=("default",),
+            paths=(kept,),
+            events=tuple(e for e in self.events if e.path == path),
+        )
+
     @property
     def effective_timeout_s(self) -> float:
         return self.timeout_s or 3 * self.duration_s + 20

@@ -149,3 +149,76 @@ def test_summary_plot_is_written(tmp_path):
     )
     path = bench.plot_summary(results, bench.targets(results), tmp_path / "bench.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _alone_doc(name: str, path: str, runs: list[dict]) -> dict:
+    scenario = load_scenario(bench.scenario_file(name)).alone(path).to_dict()
+    for run in runs:
+        run["bytes_by_path"] = {path: 1_000_000}
+    return {"scenario": scenario, "kernel": "6.12.117-bpfkit", "shaping": "netem", "runs": runs}
+
+
+def test_alone_scenario_keeps_one_path_its_events_and_the_traffic():
+    handover = load_scenario(bench.scenario_file("handover"))
+    wifi = handover.alone("wifi")
+    assert [p.name for p in wifi.paths] == ["wifi"] and not wifi.paths[0].backup
+    assert wifi.schedulers == ("default",) and wifi.traffic == handover.traffic
+    assert wifi.events and all(e.path == "wifi" for e in wifi.events)
+    assert wifi.capacity_bps == handover.path("wifi").rate_bps
+    with pytest.raises(bench.UsageError, match="no path 'dsl'"):
+        handover.alone("dsl")
+
+
+def test_plan_runs_the_wifi_lte_paths_alone_at_the_scenario_scale(tmp_path):
+    for quick in (False, True):
+        plan = bench.make_plan(quick, tmp_path, bench.SCHEDULERS)
+        scale = {i["name"]: i["scale"] for i in plan["scenarios"]}
+        assert {(a["scenario"], a["path"]) for a in plan["alone"]} == {
+            ("wifi-lte", "wifi"), ("wifi-lte", "lte"), ("wifi-lte-256k", "wifi")}
+        assert all(a["scale"] == scale[a["scenario"]] for a in plan["alone"])
+    # the alone runs are bounded too
+    with_alone = bench.vm_timeout(plan)
+    assert with_alone > bench.vm_timeout({**plan, "alone": []})
+
+
+def test_bulk_target_reports_the_paths_alone_and_why_095_is_out_of_reach():
+    doc = _doc("wifi-lte", [_run("default", goodput=0.92 * CAPACITY, transfer=20.0),
+                            _run("minrtt", goodput=0.90 * CAPACITY, transfer=20.0)])
+    results = _results(wifi_lte=doc)
+    results["alone"] = {"wifi-lte": {
+        "wifi": _alone_doc("wifi-lte", "wifi", [_run("default", goodput=0.94 * 20e6, transfer=20.0)]),
+        "lte": _alone_doc("wifi-lte", "lte", [_run("default", goodput=0.93 * 10e6, transfer=20.0)]),
+    }}
+    t = _by_id(results)["wifi-lte-bulk-minrtt"]
+    assert t["status"] == "unmet"  # the verdict stays the issue's
+    v = t["values"]
+    assert v["alone_goodput_bps"] == pytest.approx({"wifi": 0.94 * 20e6, "lte": 0.93 * 10e6})
+    assert v["paths_alone_vs_capacity"] == pytest.approx((0.94 * 20 + 0.93 * 10) / 30)
+    assert v["vs_paths_alone"] == pytest.approx(0.90 * 30 / (0.94 * 20 + 0.93 * 10))
+    assert "beyond any scheduler" in t["note"]
+    rows = bench.summary_table(results)
+    assert [(r["scheduler"], r["reference"]) for r in rows] == [
+        ("default", False), ("minrtt", False), ("wifi alone", True), ("lte alone", True)]
+    assert rows[2]["vs_capacity"] == pytest.approx(0.94) and rows[2]["vs_default"] is None
+
+    # paths that deliver >= 0.95 of their rates: no excuse in the note
+    results["alone"]["wifi-lte"]["wifi"]["runs"][0]["goodput_bps"] = 0.99 * 20e6
+    results["alone"]["wifi-lte"]["lte"]["runs"][0]["goodput_bps"] = 0.99 * 10e6
+    assert "note" not in _by_id(results)["wifi-lte-bulk-minrtt"]
+
+
+def test_short_transfer_target_says_when_the_target_is_below_the_fast_path_alone():
+    doc = _doc("wifi-lte-256k", [_run("default", completions=[0.185] * 3), _run("minrtt", completions=[0.186] * 3),
+                                 _run("blest", completions=[0.186] * 3)])
+    results = _results(wifi_lte_256k=doc)
+    results["alone"] = {"wifi-lte-256k": {
+        "wifi": _alone_doc("wifi-lte-256k", "wifi", [_run("default", completions=[0.165] * 3)])}}
+    t = _by_id(results)["wifi-lte-256k-blest"]
+    assert t["status"] == "unmet"
+    assert t["values"]["alone_median_s"] == pytest.approx({"wifi": 0.165})
+    assert t["values"]["minrtt_vs_alone"] == pytest.approx(0.186 / 0.165)
+    assert "below wifi alone (165 ms)" in t["note"] and "13%" in t["note"]
+
+    # a slow minrtt leaves room under the fast path alone: no note
+    doc["runs"][1]["completion_times_s"] = [0.30] * 3
+    assert "note" not in _by_id(results)["wifi-lte-256k-blest"]
