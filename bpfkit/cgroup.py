@@ -27,12 +27,28 @@ def _mounts() -> list[tuple[Path, str]]:
     return out
 
 
+# Where systemd mounts cgroup v2 (unified mode, then hybrid mode): a statfs
+# each finds it without reading mountinfo, which is long on a busy host.
+_USUAL_CGROUP2_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
+
+
 def cgroup2_root() -> Path:
     """Mount point of the cgroup v2 hierarchy."""
+    for point in _USUAL_CGROUP2_ROOTS:
+        if fs.magic(point) == fs.CGROUP2_SUPER_MAGIC and _is_mount_point(point):
+            return point
     for point, fstype in _mounts():
         if fstype == "cgroup2":
             return point
     raise UsageError("no cgroup v2 hierarchy is mounted", hint="mount -t cgroup2 none /sys/fs/cgroup")
+
+
+def _is_mount_point(path: Path) -> bool:
+    """`path` is the root of its filesystem (not a directory inside one)."""
+    try:
+        return path.stat().st_dev != path.parent.stat().st_dev
+    except OSError:
+        return False
 
 
 def _fstype_of(path: Path) -> str | None:

@@ -63,7 +63,17 @@ _libc.vsnprintf.restype = c_int
 _capture = threading.local()
 
 
+LIBBPF_DEBUG = 2  # enum libbpf_print_level: WARN 0, INFO 1, DEBUG 2
+# Debug messages (a few dozen per load) are dropped, as libbpf's own default
+# printer does: formatting each through ctypes is a tenth of a first
+# `mptcpize attach` in an emulated guest. Errors and the verifier log come at
+# WARN level. BPFKIT_LIBBPF_DEBUG=1 keeps them (they then appear in errors).
+_KEEP_DEBUG = os.environ.get("BPFKIT_LIBBPF_DEBUG") == "1"
+
+
 def _on_libbpf_print(level: int, fmt: bytes, args: int) -> int:
+    if level >= LIBBPF_DEBUG and not _KEEP_DEBUG:
+        return 0
     buf = ctypes.create_string_buffer(4096)
     _libc.vsnprintf(buf, len(buf), fmt, args)
     lines = getattr(_capture, "lines", None)
