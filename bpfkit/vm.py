@@ -17,6 +17,8 @@ and vng already gives it ttyS0 -> /dev/null. hvc0 registers later in boot but
 replays the log buffer, so only a panic before virtio is up goes unseen.)
 """
 
+import contextlib
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -342,9 +344,47 @@ def run(
         rwdir_paths.append(path)
     bzimage = resolve_kernel(kernel)
     _check_host_tools()
-    accel = choose_accel(bzimage)
-    return _boot(command, kernel=bzimage, accel=accel, timeout=timeout, mem=str(mem), cpus=cpus,
-                 rwdirs=rwdir_paths, env=env, capture=capture)
+    with machine_lock(command):
+        accel = choose_accel(bzimage)
+        return _boot(command, kernel=bzimage, accel=accel, timeout=timeout, mem=str(mem), cpus=cpus,
+                     rwdirs=rwdir_paths, env=env, capture=capture)
+
+
+def _lock_file() -> Path:
+    return cache_dir() / "vm.lock"
+
+
+@contextlib.contextmanager
+def machine_lock(command: list[str]):
+    """One bpfkit VM at a time on this machine. Guests under TCG each want every
+    host core: two at once both run at half speed or less and miss the timeouts
+    they were given. A second `bpfkit vm run` says who holds the lock and waits
+    (its own timeout starts once it boots). BPFKIT_VM_PARALLEL=1 skips the lock.
+    flock: released by the kernel when the holder dies, however it dies."""
+    if os.environ.get("BPFKIT_VM_PARALLEL") == "1":
+        yield
+        return
+    path = _lock_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            print(f"bpfkit: another bpfkit VM is running ({holder}); waiting for it to end "
+                  f"(BPFKIT_VM_PARALLEL=1 runs both at once)", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}: {shlex.join(command)[:200]}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _boot(command: list[str], *, kernel: Path, accel: str, timeout: float, mem: str, cpus: int,

@@ -6,6 +6,7 @@ skipped, except with BPFKIT_REQUIRE_ALL=1 (set by CI and `make test`), where
 any skip is a failure: a tier that silently skips proves nothing.
 """
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -44,25 +45,32 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped while BPFKIT_REQUIRE_ALL=1: {reason}"
 
 
-@pytest.fixture
-def no_leftover_bpf():
-    """Fail the test if it leaves BPF programs or links loaded."""
+@contextlib.contextmanager
+def leftover_bpf_check(grace_s: float = 5.0, poll_s: float = 0.1):
+    """Fail if the block leaves BPF programs or links loaded. struct_ops maps
+    and their programs are freed after an RCU grace period, so the kernel gets
+    `grace_s` before anything is called a leak."""
     from bpfkit import libbpf
 
     progs_before = set(libbpf.loaded_program_ids())
     links_before = set(libbpf.loaded_link_ids())
     yield
-    # struct_ops maps and their programs are freed after an RCU grace period,
-    # so give the kernel a moment before calling anything a leak.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + grace_s
     while True:
         left_progs = set(libbpf.loaded_program_ids()) - progs_before
         left_links = set(libbpf.loaded_link_ids()) - links_before
         if not (left_progs or left_links) or time.monotonic() > deadline:
             break
-        time.sleep(0.1)
+        time.sleep(poll_s)
     assert not left_progs, f"programs left loaded: {[libbpf.program_info_by_id(i) for i in left_progs]}"
     assert not left_links, f"links left: {sorted(left_links)}"
+
+
+@pytest.fixture
+def no_leftover_bpf():
+    """Fail the test if it leaves BPF programs or links loaded."""
+    with leftover_bpf_check():
+        yield
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """VM runner logic that needs no VM: status and console parsing, the guest
 script, the environment passed in, the vng command line, input checks."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,46 @@ def test_panic_report_starts_at_the_cause():
     text = str(err.value)
     assert "BUG: kernel NULL pointer dereference" in text and "noise" not in text
     assert text.rstrip().endswith("---[ end Kernel panic ]---")
+
+
+def test_machine_lock_makes_a_second_vm_wait_and_says_for_whom(tmp_path, monkeypatch, capsys):
+    import time as time_mod
+
+    monkeypatch.setenv("BPFKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("BPFKIT_VM_PARALLEL", raising=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from bpfkit import vm\n"
+         "with vm.machine_lock(['pytest', '-m', 'vm']):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(1.5)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "BPFKIT_CACHE": str(tmp_path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time_mod.monotonic()
+        with vm.machine_lock(["true"]):
+            waited = time_mod.monotonic() - t0
+            assert f"pid {os.getpid()}: true" in (tmp_path / "vm.lock").read_text()
+        assert waited >= 0.5, "the second VM did not wait for the first"
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}: pytest -m vm" in err and "waiting" in err
+        assert (tmp_path / "vm.lock").read_text() == ""  # released: no stale holder shown later
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_machine_lock_is_released_when_the_holder_is_killed(tmp_path, monkeypatch):
+    monkeypatch.setenv("BPFKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("BPFKIT_VM_PARALLEL", raising=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time\nfrom bpfkit import vm\n"
+         "with vm.machine_lock(['x']):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "BPFKIT_CACHE": str(tmp_path)})
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with vm.machine_lock(["y"]):  # would block for a minute if the lock outlived its holder
+        pass

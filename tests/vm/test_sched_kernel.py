@@ -30,6 +30,7 @@ import pytest
 
 from bpfkit import build, libbpf, mptcp_sockopt
 from bpfkit.errors import AttachError, VerifierError
+from tests.conftest import leftover_bpf_check
 
 pytestmark = pytest.mark.vm
 
@@ -273,18 +274,8 @@ def no_leftover_bpf():
     """conftest's check with a longer grace period: a struct_ops map is freed
     after an RCU *and* an RCU-tasks grace period, which a TCG guest on a busy
     host can take many seconds to reach."""
-    progs_before = set(libbpf.loaded_program_ids())
-    links_before = set(libbpf.loaded_link_ids())
-    yield
-    deadline = time.monotonic() + 60
-    while True:
-        left_progs = set(libbpf.loaded_program_ids()) - progs_before
-        left_links = set(libbpf.loaded_link_ids()) - links_before
-        if not (left_progs or left_links) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert not left_progs, f"programs left loaded: {[libbpf.program_info_by_id(i) for i in left_progs]}"
-    assert not left_links, f"links left: {sorted(left_links)}"
+    with leftover_bpf_check(grace_s=60, poll_s=0.2):
+        yield
 
 
 @pytest.fixture
