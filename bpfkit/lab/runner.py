@@ -74,6 +74,10 @@ def traffic_spec(scenario: Scenario, seed: int) -> dict:
         "response_size": t.response_size,
         "request_rate": t.request_rate,
         "count": t.count,
+        "warmup": t.warmup,
+        "expect_subflows": len(scenario.paths),
+        # a join's last ACK reaches the server up to one path RTT after the client sees it up
+        "join_settle_s": max(p.base_rtt_s + 2 * p.jitter_s for p in scenario.paths),
         "cbr_rate_bps": t.cbr_rate_bps,
         "message_size": t.message_size,
         "seed": seed,
@@ -270,7 +274,7 @@ def reduce_run(scenario: Scenario, scheduler: str, repetition: int, seed: int, s
     final = samples[-1]["mptcp"] if samples else {}
 
     def compact(side: dict) -> dict:
-        keep = ("ok", "error", "sent_bytes", "received_bytes", "verified", "first_bad_offset", "fallback", "final_mptcp_info", "sampler_error", "late_requests", "requests", "messages", "peer_verdict")
+        keep = ("ok", "error", "sent_bytes", "received_bytes", "verified", "first_bad_offset", "fallback", "final_mptcp_info", "sampler_error", "late_requests", "warmup", "requests", "messages", "peer_verdict")
         return {k: side.get(k) for k in keep if k in side}
 
     return {

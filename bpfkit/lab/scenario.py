@@ -91,6 +91,9 @@ class TrafficSpec:
     response_size: int = 0
     request_rate: float | None = None  # requests per second; None = back to back
     count: int | None = None
+    # request-response: before the first timed request, wait until every path's
+    # subflow is up and do one untimed exchange (see scenarios/README.md)
+    warmup: bool = False
     cbr_rate_bps: float = 0.0  # cbr
     message_size: int = 1200
 
@@ -333,7 +336,7 @@ _PATH_KEYS = {"rate", "delay", "jitter", "loss", "queue", "backup"}
 _SET_KEYS = {"rate", "delay", "jitter", "loss", "queue"}
 _TRAFFIC_KEYS = {
     "bulk": {"kind", "direction", "bytes", "time"},
-    "request-response": {"kind", "request_size", "response_size", "rate", "count"},
+    "request-response": {"kind", "request_size", "response_size", "rate", "count", "warmup"},
     "cbr": {"kind", "direction", "rate", "message_size", "time"},
 }
 
@@ -484,7 +487,9 @@ def _parse_traffic(c: _Checker, data, duration: float) -> TrafficSpec:
             c.fail("traffic.count", "back-to-back requests (no rate) need a count")
         if rate is not None and (count - 1) / rate >= duration:
             c.fail("traffic.count", f"{count} requests at {rate:g}/s do not start within the duration {format_time(duration)}")
-        return TrafficSpec(kind=kind, request_size=request, response_size=response, request_rate=rate, count=count)
+        warmup = c.boolean("traffic.warmup", data["warmup"]) if "warmup" in data else True
+        return TrafficSpec(kind=kind, request_size=request, response_size=response, request_rate=rate, count=count,
+                           warmup=warmup)
 
     # cbr
     if "rate" not in data:

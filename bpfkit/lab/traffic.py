@@ -218,9 +218,52 @@ def bulk_receive(side: Side, sock: socket.socket, incoming: PatternStream) -> No
         raise TrafficFailure(f"corrupted stream: first wrong byte at offset {incoming.first_bad_offset}")
 
 
+WARMUP_JOIN_TIMEOUT_S = 10.0  # a join takes one path RTT; a TCG guest on a busy host, seconds
+TCP_ESTABLISHED = 1
+
+
+def _established_subflows(sock: socket.socket) -> int:
+    return sum(1 for sf in mptcp_sockopt.full_info(sock).subflows if sf.tcp.state == TCP_ESTABLISHED)
+
+
+def rr_warm_up(side: Side, sock: socket.socket, requests: PatternStream, responses: PatternStream) -> dict:
+    """Before the timed requests: one untimed exchange, then wait until every
+    path has an established subflow (plus the time the join's last ACK needs
+    to reach the server). The timed requests then measure the scheduler on an
+    established connection, not the path manager's join: a loss on the only
+    subflow before the join is up costs an RTO whatever the scheduler does.
+    The exchange comes first because the client's path manager opens joins
+    only once the connection is fully established, i.e. after the server's
+    first data."""
+    spec = side.spec
+    wanted = spec.get("expect_subflows", 1)
+    t0 = time.monotonic()
+    sock.sendall(requests.take(spec["request_size"]))
+    side.result["sent_bytes"] += spec["request_size"]
+    response = recv_exact(sock, spec["response_size"], side.deadline)
+    if response is None:
+        raise TrafficFailure("server closed before the warm-up response")
+    side.result["received_bytes"] += len(response)
+    if not responses.check(response):
+        raise TrafficFailure(f"warm-up response corrupted at stream offset {responses.first_bad_offset}")
+    deadline = min(side.deadline, time.monotonic() + WARMUP_JOIN_TIMEOUT_S)
+    up = _established_subflows(sock)
+    while up < wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+        up = _established_subflows(sock)
+    if up >= wanted > 1:
+        time.sleep(spec.get("join_settle_s", 0.0))
+    return {"subflows_up": up, "subflows_expected": wanted, "complete": up >= wanted,
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
 def rr_client(side: Side, sock: socket.socket) -> None:
     spec = side.spec
     requests, responses = side.stream("c2s"), side.stream("s2c")
+    exchanges = spec["count"]
+    if spec.get("warmup"):
+        side.result["warmup"] = rr_warm_up(side, sock, requests, responses)
+        exchanges += 1
     interval = 1 / spec["request_rate"] if spec.get("request_rate") else 0.0
     t0 = time.monotonic()
     completion, late = [], 0
@@ -248,8 +291,8 @@ def rr_client(side: Side, sock: socket.socket) -> None:
     verdict = read_verdict(sock, side.deadline)
     side.result["peer_verdict"] = verdict
     side.result["t_end_ns"] = time.monotonic_ns()
-    if verdict.get("requests") != spec["count"] or not verdict.get("verified"):
-        raise TrafficFailure(f"server saw {verdict.get('requests')} valid requests of {spec['count']}")
+    if verdict.get("requests") != exchanges or not verdict.get("verified"):
+        raise TrafficFailure(f"server saw {verdict.get('requests')} valid requests of {exchanges}")
 
 
 def rr_server(side: Side, sock: socket.socket) -> None:

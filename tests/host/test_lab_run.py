@@ -94,8 +94,25 @@ def test_request_response_records_every_completion():
     )
     run = runner.run_once(sc, "default", 0)
     assert run["ok"], run["failures"]
-    assert len(run["completion_times_s"]) == 30
+    assert len(run["completion_times_s"]) == 30  # the warm-up exchange is not timed
     assert all(0 < t < 1 for t in run["completion_times_s"])
+    warmup = run["sides"]["client"]["warmup"]
+    assert warmup["complete"] and warmup["subflows_up"] == 2, warmup
+    assert run["sides"]["server"]["requests"] == 31
+
+
+def test_request_response_without_warmup_times_from_the_first_request():
+    sc = parse_scenario(
+        {
+            "duration": "2s",
+            "paths": {"a": {"rate": "20mbit", "delay": "5ms"}, "b": {"rate": "20mbit", "delay": "5ms"}},
+            "traffic": {"kind": "request-response", "request_size": "200B", "response_size": "10KB", "rate": 10,
+                        "warmup": False},
+        }
+    )
+    run = runner.run_once(sc, "default", 0)
+    assert run["ok"], run["failures"]
+    assert "warmup" not in run["sides"]["client"] and run["sides"]["server"]["requests"] == 20
 
 
 def test_unknown_scheduler_is_rejected_before_anything_starts():

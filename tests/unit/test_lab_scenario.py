@@ -142,6 +142,16 @@ def test_request_response_count_defaults_to_rate_times_duration():
     doc = with_change("traffic", {"kind": "request-response", "request_size": "200B", "response_size": "100KB", "rate": 10})
     t = sc.parse_scenario(doc).traffic
     assert (t.count, t.request_rate, t.response_size, t.data_sender) == (100, 10.0, 100_000, "server")
+    assert t.warmup is True  # timed requests start on an established connection unless asked otherwise
+
+
+def test_request_response_warmup_can_be_turned_off_and_must_be_a_boolean():
+    rr = {"kind": "request-response", "request_size": "200B", "response_size": "100KB", "rate": 10}
+    assert sc.parse_scenario(with_change("traffic", {**rr, "warmup": False})).traffic.warmup is False
+    assert error_of(with_change("traffic", {**rr, "warmup": "yes"})).startswith(
+        "x.toml: traffic.warmup: expected true or false")
+    assert error_of(with_change("traffic", {"kind": "bulk", "time": "1s", "warmup": True})).startswith(
+        "x.toml: traffic.warmup: unknown key")
 
 
 def test_scaled_shrinks_times_sizes_and_counts():
