@@ -35,7 +35,8 @@
  * slower path to skip: BLEST degenerates to "send when the window has room".
  *
  * Retransmissions (get_retrans): no blocking estimate - the data is already
- * late; use the lowest-RTT subflow that can send (min-RTT).
+ * late; the lowest-RTT idle subflow that can send, else the lowest-RTT one
+ * (sched_retrans_candidate(): not the subflow the data is stuck on).
  *
  * Fixed point: ratios and lambda are scaled by 1000 (milli-units).
  */
@@ -155,13 +156,13 @@ int BPF_PROG(blest_get_send, struct mptcp_sock *msk)
 SEC("struct_ops")
 int BPF_PROG(blest_get_retrans, struct mptcp_sock *msk)
 {
-	struct sf_view fastest, chosen;
+	struct sf_view chosen;
 	struct blest_state *st;
 
 	st = bpf_sk_storage_get(&blest_state, msk, 0, 0);
 	if (st)
 		st->blocked = 1;	/* data is late at the peer */
-	if (sched_candidates(msk, &fastest, &chosen))
+	if (sched_retrans_candidate(msk, &chosen))
 		return -1;
 	mptcp_subflow_set_scheduled(chosen.ctx, true);
 	return 0;

@@ -36,9 +36,10 @@
  * non-backup subflow is active.  One candidate subflow: x_f itself, so the
  * rule reduces to "send when its window has room".
  *
- * Retransmissions (get_retrans): the data is already late, no waiting; use
- * the lowest-RTT subflow that can send (min-RTT).  The hysteresis state is
- * left as it is.
+ * Retransmissions (get_retrans): the data is already late, no waiting; the
+ * lowest-RTT idle subflow that can send, else the lowest-RTT one
+ * (sched_retrans_candidate(): not the subflow the data is stuck on).  The
+ * hysteresis state is left as it is.
  */
 #include "sched_common.h"
 
@@ -126,9 +127,9 @@ int BPF_PROG(ecf_get_send, struct mptcp_sock *msk)
 SEC("struct_ops")
 int BPF_PROG(ecf_get_retrans, struct mptcp_sock *msk)
 {
-	struct sf_view fastest, chosen;
+	struct sf_view chosen;
 
-	if (sched_candidates(msk, &fastest, &chosen))
+	if (sched_retrans_candidate(msk, &chosen))
 		return -1;
 	mptcp_subflow_set_scheduled(chosen.ctx, true);
 	return 0;

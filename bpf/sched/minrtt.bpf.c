@@ -21,8 +21,10 @@
  *   fresh RTT/cwnd state.
  *
  * Retransmissions (get_retrans, MPTCP-level reinjection after the MPTCP
- * retransmit timer fired): same rule, so the data goes to the fastest path
- * that can take it now; if none can, -1 and the timer tries again.
+ * retransmit timer fired): the lowest-RTT subflow that can send and has
+ * nothing in flight - it cannot be the one the late data is stuck on - else
+ * the lowest-RTT one that can send (sched_retrans_candidate()); if none can,
+ * -1 and the timer tries again.
  *
  * One subflow: the rule reduces to "send when its window has room".
  * Subflows coming and going: every call walks the current subflow list, no
@@ -50,9 +52,9 @@ int BPF_PROG(minrtt_get_send, struct mptcp_sock *msk)
 SEC("struct_ops")
 int BPF_PROG(minrtt_get_retrans, struct mptcp_sock *msk)
 {
-	struct sf_view fastest, best;
+	struct sf_view best;
 
-	if (sched_candidates(msk, &fastest, &best))
+	if (sched_retrans_candidate(msk, &best))
 		return -1;
 	mptcp_subflow_set_scheduled(best.ctx, true);
 	return 0;

@@ -118,4 +118,44 @@ static __always_inline int sched_candidates(struct mptcp_sock *msk, struct sf_vi
 	return sendable->ctx ? 0 : -1;
 }
 
+/* Where an MPTCP-level retransmission goes.  get_retrans() runs when the
+ * MPTCP retransmit timer fired: the oldest unacked data is stuck on the
+ * subflow it was sent on (lost there, or queued behind a loss that TCP has yet
+ * to repair).  Resending it on that same subflow puts it behind the stuck data
+ * again, and the timer fires once more, with backoff: on a lossy path this
+ * turned single losses into stalls of 0.2, 0.4, 0.8 s.  The API does not say
+ * which subflow holds the data, but an idle one (nothing in flight, nothing
+ * queued) cannot be it.  So: the lowest-RTT idle subflow that can send, else
+ * the lowest-RTT one that can send (the rule of the in-kernel default, which
+ * also prefers a subflow with empty queues, and of the out-of-tree kernel,
+ * which avoids the subflows the data was sent on).  Returns -1 when none can
+ * send. */
+static __always_inline int sched_retrans_candidate(struct mptcp_sock *msk, struct sf_view *chosen)
+{
+	struct mptcp_subflow_context *subflow;
+	bool backups = sched_use_backups(msk);
+	struct sf_view v, idle, busy;
+
+	idle.ctx = NULL;
+	busy.ctx = NULL;
+	bpf_for_each(mptcp_subflow, subflow, (struct sock *)msk) {
+		if (!mptcp_subflow_active(subflow) || !sf_read(subflow, &v) || v.backup != backups ||
+		    !sf_can_send(&v))
+			continue;
+		if (!v.inflight_segs) {
+			if (!idle.ctx || v.srtt_us < idle.srtt_us)
+				idle = v;
+		} else if (!busy.ctx || v.srtt_us < busy.srtt_us) {
+			busy = v;
+		}
+	}
+	if (idle.ctx)
+		*chosen = idle;
+	else if (busy.ctx)
+		*chosen = busy;
+	else
+		return -1;
+	return 0;
+}
+
 #endif /* BPFKIT_SCHED_COMMON_H */
