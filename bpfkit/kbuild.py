@@ -13,7 +13,6 @@ Cache layout (under cache_dir()):
 key = sha256 over (schema, source identity, flavour, fragment contents, patch contents).
 """
 
-import fcntl
 import hashlib
 import json
 import os
@@ -24,11 +23,11 @@ import sys
 import tempfile
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfkit import config as kconfig
+from bpfkit import hostlock
 from bpfkit.errors import KernelBuildError, MissingDependency, UsageError
 from bpfkit.paths import VM_DIR, cache_dir
 
@@ -311,23 +310,10 @@ def default_kernel(flavour: str = "default") -> KernelBuild:
     return build
 
 
-@contextmanager
 def _build_lock():
     """One kernel build at a time (2 cores: two builds would each take twice as long)."""
-    lock_path = cache_dir() / "kbuild.lock"
-    with open(lock_path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            print(f"bpfkit: waiting for another kernel build (pid {holder})", file=sys.stderr)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield
+    return hostlock.held("kbuild.lock", hostlock.this_process("kernel build"),
+                         lambda other: f"bpfkit: waiting for another kernel build ({other})")
 
 
 # --------------------------------------------------------------------------- source tree

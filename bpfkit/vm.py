@@ -18,7 +18,6 @@ replays the log buffer, so only a panic before virtio is up goes unseen.)
 """
 
 import contextlib
-import fcntl
 import importlib.metadata
 import json
 import os
@@ -36,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpfkit import hostlock
 from bpfkit.errors import MissingDependency, UsageError, VmError, VmPanic, VmTimeout
 from bpfkit.paths import PROJECT_ROOT, cache_dir
 
@@ -45,6 +45,7 @@ OUTPUT_TAIL_LINES = 40
 BOOT_PANIC_RETRIES = 1
 KVM_PROBE_TIMEOUT = 45.0  # a KVM boot takes ~2 s; a broken KVM hangs or dies
 KILL_GRACE_SECONDS = 3.0
+VM_LOCK = "vm.lock"  # in the cache: one bpfkit VM at a time on this machine
 
 # Host environment passed into the guest besides BPFKIT_* (virtme starts the
 # guest command with a minimal environment of its own).
@@ -350,41 +351,19 @@ def run(
                      rwdirs=rwdir_paths, env=env, capture=capture)
 
 
-def _lock_file() -> Path:
-    return cache_dir() / "vm.lock"
-
-
 @contextlib.contextmanager
 def machine_lock(command: list[str]):
     """One bpfkit VM at a time on this machine. Guests under TCG each want every
     host core: two at once both run at half speed or less and miss the timeouts
     they were given. A second `bpfkit vm run` says who holds the lock and waits
-    (its own timeout starts once it boots). BPFKIT_VM_PARALLEL=1 skips the lock.
-    flock: released by the kernel when the holder dies, however it dies."""
+    (its own timeout starts once it boots). BPFKIT_VM_PARALLEL=1 skips the lock."""
     if os.environ.get("BPFKIT_VM_PARALLEL") == "1":
         yield
         return
-    path = _lock_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            print(f"bpfkit: another bpfkit VM is running ({holder}); waiting for it to end "
-                  f"(BPFKIT_VM_PARALLEL=1 runs both at once)", file=sys.stderr, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}: {shlex.join(command)[:200]}\n")
-        lock.flush()
-        try:
-            yield
-        finally:
-            lock.seek(0)
-            lock.truncate()
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    holder = hostlock.this_process(shlex.join(command)[:200])
+    with hostlock.held(VM_LOCK, holder, lambda other: f"bpfkit: another bpfkit VM is running ({other}); "
+                       "waiting for it to end (BPFKIT_VM_PARALLEL=1 runs both at once)"):
+        yield
 
 
 def _boot(command: list[str], *, kernel: Path, accel: str, timeout: float, mem: str, cpus: int,
