@@ -58,9 +58,9 @@ def check_btf() -> Check:
 
 
 def check_bpffs() -> Check:
-    from bpfkit.libbpf import _fstype
+    from bpfkit import fs
 
-    if _fstype(Path("/sys/fs/bpf")) == "bpf":
+    if fs.magic("/sys/fs/bpf") == fs.BPF_FS_MAGIC:  # the test ensure_bpffs() makes
         return Check("bpffs", OK, "mounted at /sys/fs/bpf")
     return Check("bpffs", WARN, "not mounted at /sys/fs/bpf; bpfkit mounts it when it first pins something",
                  "nothing (mounted on demand)")

@@ -718,19 +718,6 @@ def ensure_bpffs(root: Path = Path("/sys/fs/bpf")) -> None:
         raise AttachError(f"mounting bpffs at {root}: {_strerror(err)}", hint="run as root")
 
 
-def _fstype(path: Path) -> str | None:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                if fields[4] == str(path):
-                    return fields[sep + 1]
-    except OSError:
-        pass
-    return None
-
-
 def bpf_obj_get(path: str | Path) -> int:
     fd = lib().bpf_obj_get(str(path).encode())
     if fd < 0:
