@@ -93,6 +93,14 @@ static __always_inline bool sched_use_backups(struct mptcp_sock *msk)
 	return !regular_active;
 }
 
+/* Fill *v for an active subflow of the class in use (backups or not);
+ * false for any other. */
+static __always_inline bool sf_candidate(struct mptcp_subflow_context *subflow, bool backups,
+					 struct sf_view *v)
+{
+	return mptcp_subflow_active(subflow) && sf_read(subflow, v) && v->backup == backups;
+}
+
 /* Within the class in use: the subflow with the lowest RTT whether or not it
  * can send (*fastest), and the lowest-RTT one that can send now (*sendable,
  * min-RTT's choice).  Returns -1 when none can send.  The class is decided
@@ -108,7 +116,7 @@ static __always_inline int sched_candidates(struct mptcp_sock *msk, struct sf_vi
 	fastest->ctx = NULL;
 	sendable->ctx = NULL;
 	bpf_for_each(mptcp_subflow, subflow, (struct sock *)msk) {
-		if (!mptcp_subflow_active(subflow) || !sf_read(subflow, &v) || v.backup != backups)
+		if (!sf_candidate(subflow, backups, &v))
 			continue;
 		if (!fastest->ctx || v.srtt_us < fastest->srtt_us)
 			*fastest = v;
@@ -134,28 +142,18 @@ static __always_inline int sched_retrans_candidate(struct mptcp_sock *msk, struc
 {
 	struct mptcp_subflow_context *subflow;
 	bool backups = sched_use_backups(msk);
-	struct sf_view v, idle, busy;
+	struct sf_view v;
 
-	idle.ctx = NULL;
-	busy.ctx = NULL;
+	chosen->ctx = NULL;
 	bpf_for_each(mptcp_subflow, subflow, (struct sock *)msk) {
-		if (!mptcp_subflow_active(subflow) || !sf_read(subflow, &v) || v.backup != backups ||
-		    !sf_can_send(&v))
+		if (!sf_candidate(subflow, backups, &v) || !sf_can_send(&v))
 			continue;
-		if (!v.inflight_segs) {
-			if (!idle.ctx || v.srtt_us < idle.srtt_us)
-				idle = v;
-		} else if (!busy.ctx || v.srtt_us < busy.srtt_us) {
-			busy = v;
-		}
+		/* idle before busy, then the lower RTT */
+		if (!chosen->ctx || (!v.inflight_segs && chosen->inflight_segs) ||
+		    (!v.inflight_segs == !chosen->inflight_segs && v.srtt_us < chosen->srtt_us))
+			*chosen = v;
 	}
-	if (idle.ctx)
-		*chosen = idle;
-	else if (busy.ctx)
-		*chosen = busy;
-	else
-		return -1;
-	return 0;
+	return chosen->ctx ? 0 : -1;
 }
 
 #endif /* BPFKIT_SCHED_COMMON_H */
