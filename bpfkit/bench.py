@@ -33,11 +33,16 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bpfkit.errors import BpfkitError, UsageError, VmError
 from bpfkit.paths import BPF_DIR, PROJECT_ROOT, cache_dir
+
+if TYPE_CHECKING:
+    from bpfkit.lab.scenario import Scenario
 
 BENCH_FORMAT = 1
 DEFAULT = "default"
@@ -326,7 +331,6 @@ class _Registrations:
 
 def guest(plan_path: Path) -> int:
     """Inside the VM: register, measure every scenario of the plan, unregister."""
-    from bpfkit.lab import runner
     from bpfkit.lab.scenario import load_scenario, with_schedulers
 
     plan = json.loads(plan_path.read_text())
@@ -344,40 +348,15 @@ def guest(plan_path: Path) -> int:
                   + ("" if error is None else f": {error}"), flush=True)
         registered = {DEFAULT} | {n for n, s in status["loaded"].items() if s["ok"]}
         for item in plan["scenarios"]:
-            name = item["name"]
             schedulers = [s for s in item["schedulers"] if s in registered]
-            entry = {"schedulers": schedulers, "skipped": [s for s in item["schedulers"] if s not in registered]}
-            status["scenarios"][name] = entry
-            t0 = time.monotonic()
-            try:
-                scenario = with_schedulers(load_scenario(item["file"]), schedulers)
-                scenario = dataclasses.replace(scenario, repetitions=item["repetitions"])
-                if item["scale"] != 1.0:
-                    scenario = scenario.scaled(item["scale"])
-                print(f"bench: {name}: {', '.join(schedulers)}", flush=True)
-                doc = runner.run_scenario(scenario, on_run_done=lambda run, n=name: _print_run(n, run))
-                runner.write_results(doc, out / name)
-                entry["ok"] = True
-            except BpfkitError as exc:
-                entry.update(ok=False, error=str(exc))
-                print(f"bench: {name}: {exc}", flush=True)
-            entry["seconds"] = round(time.monotonic() - t0, 1)
+            status["scenarios"][item["name"]] = _measure(
+                item, out, lambda: with_schedulers(load_scenario(item["file"]), schedulers),
+                repetitions=item["repetitions"], label=", ".join(schedulers),
+                skipped=[s for s in item["schedulers"] if s not in registered])
         for item in plan.get("alone", []):
-            entry = status["scenarios"][item["name"]] = {"schedulers": [DEFAULT], "skipped": []}
-            t0 = time.monotonic()
-            try:
-                scenario = load_scenario(item["file"]).alone(item["path"])
-                scenario = dataclasses.replace(scenario, repetitions=1)
-                if item["scale"] != 1.0:
-                    scenario = scenario.scaled(item["scale"])
-                print(f"bench: {item['name']}: default (reference)", flush=True)
-                doc = runner.run_scenario(scenario, on_run_done=lambda run, n=item["name"]: _print_run(n, run))
-                runner.write_results(doc, out / item["name"])
-                entry["ok"] = True
-            except BpfkitError as exc:
-                entry.update(ok=False, error=str(exc))
-                print(f"bench: {item['name']}: {exc}", flush=True)
-            entry["seconds"] = round(time.monotonic() - t0, 1)
+            status["scenarios"][item["name"]] = _measure(
+                item, out, lambda: load_scenario(item["file"]).alone(item["path"]),
+                repetitions=1, label="default (reference)", skipped=[])
     finally:
         registrations.close()
         for name, loaded in status["loaded"].items():
@@ -386,6 +365,31 @@ def guest(plan_path: Path) -> int:
         status["seconds"] = round(time.monotonic() - started, 1)
         (out / "guest.json").write_text(json.dumps(status, indent=1))
     return 0
+
+
+def _measure(item: dict, out: Path, make_scenario: Callable[[], Scenario], *, repetitions: int, label: str, skipped: list[str]) -> dict:
+    """Run one plan entry (a scenario, or a path of one alone) through the lab
+    and write its results to OUT/<name>/; returns its guest.json status entry.
+    A scenario that cannot run is reported there and the bench goes on."""
+    from bpfkit.lab import runner
+
+    name = item["name"]
+    entry = {"schedulers": [], "skipped": skipped}
+    t0 = time.monotonic()
+    try:
+        scenario = dataclasses.replace(make_scenario(), repetitions=repetitions)
+        if item["scale"] != 1.0:
+            scenario = scenario.scaled(item["scale"])
+        entry["schedulers"] = list(scenario.schedulers)
+        print(f"bench: {name}: {label}", flush=True)
+        doc = runner.run_scenario(scenario, on_run_done=lambda run: _print_run(name, run))
+        runner.write_results(doc, out / name)
+        entry["ok"] = True
+    except BpfkitError as exc:
+        entry.update(ok=False, error=str(exc))
+        print(f"bench: {name}: {exc}", flush=True)
+    entry["seconds"] = round(time.monotonic() - t0, 1)
+    return entry
 
 
 def _print_run(scenario: str, run: dict) -> None:
