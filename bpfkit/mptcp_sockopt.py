@@ -24,12 +24,14 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from dataclasses import asdict, dataclass, field
 
 __all__ = [
     "IPPROTO_MPTCP", "SOL_MPTCP", "MPTCP_INFO", "MPTCP_TCPINFO", "MPTCP_SUBFLOW_ADDRS", "MPTCP_FULL_INFO",
-    "TcpInfo", "MptcpInfo", "SubflowInfo", "FullInfo",
+    "TCP_ESTABLISHED", "TCP_STATES", "TcpInfo", "MptcpInfo", "SubflowInfo", "FullInfo",
     "mptcp_info", "tcp_info", "subflow_tcp_info", "subflow_addrs", "full_info", "is_mptcp",
+    "wait_subflows_usable",
     "getsockopt_buffer", "decode_sockaddr",
 ]
 
@@ -191,6 +193,12 @@ def decode_sockaddr(data: bytes) -> tuple[str, int] | None:
 
 
 # ---------------------------------------------------------------- result types
+
+
+# tcp_info.tcpi_state (include/net/tcp_states.h), with the names ss(8) prints
+TCP_ESTABLISHED = 1
+TCP_STATES = {1: "ESTAB", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2", 6: "TIME-WAIT",
+              7: "CLOSE", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN", 11: "CLOSING"}
 
 
 @dataclass(frozen=True)
@@ -440,3 +448,23 @@ def is_mptcp(sock: socket.socket | int) -> bool:
         if exc.errno in (_errno.EOPNOTSUPP, _errno.ENOPROTOOPT, _errno.EINVAL):
             return False
         raise
+
+
+def wait_subflows_usable(sock: socket.socket | int, count: int, deadline: float) -> int:
+    """Wait (until time.monotonic() reaches `deadline`) for `count` established
+    subflows, the initial one included; return how many there are.
+
+    mptcp_info counts a join as soon as the path manager starts it, so count
+    TCP_ESTABLISHED subflows instead. Established on this side is not yet
+    usable by the peer: it has the join's third ACK about one RTT of that path
+    later, so once they are all up, wait two of their RTTs more. Note that a
+    client's path manager opens joins only once the connection is fully
+    established, i.e. after the peer has sent data."""
+    while True:
+        up = [sf for sf in full_info(sock).subflows if sf.tcp.state == TCP_ESTABLISHED]
+        if len(up) >= count:
+            time.sleep(0.05 + 2 * max(sf.tcp.rtt_us or 0 for sf in up) / 1e6)
+            return len(up)
+        if time.monotonic() >= deadline:
+            return len(up)
+        time.sleep(0.01)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfkit.errors import BpfkitError, KernelUnsupported, UsageError
-from bpfkit.mptcp_sockopt import IPPROTO_MPTCP, MptcpInfo, TcpInfo
+from bpfkit.mptcp_sockopt import IPPROTO_MPTCP, TCP_STATES, MptcpInfo, TcpInfo
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -56,8 +56,6 @@ MPTCP_SUBFLOW_ATTR_ID_LOC = 10
 MPTCP_SUBFLOW_FLAG_BKUP_REM = 0x004
 MPTCP_SUBFLOW_FLAG_BKUP_LOC = 0x008
 
-TCP_STATES = {1: "ESTAB", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2", 6: "TIME-WAIT",
-              7: "CLOSE", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN", 11: "CLOSING"}
 # Connections worth showing: everything but LISTEN, CLOSE and TIME-WAIT (the
 # latter are minisockets without tcp_info).
 STATES_CONNECTED = sum(1 << s for s in (1, 2, 3, 4, 5, 8, 9, 11))

@@ -91,9 +91,9 @@ class TrafficSpec:
     response_size: int = 0
     request_rate: float | None = None  # requests per second; None = back to back
     count: int | None = None
-    # request-response: before the first timed request, wait until every path's
-    # subflow is up and do one untimed exchange (see scenarios/README.md)
-    warmup: bool = False
+    # request-response: one untimed exchange, then wait until every path's
+    # subflow is usable, before the first timed request (scenarios/README.md)
+    warmup: bool = True
     cbr_rate_bps: float = 0.0  # cbr
     message_size: int = 1200
 
@@ -487,7 +487,7 @@ def _parse_traffic(c: _Checker, data, duration: float) -> TrafficSpec:
             c.fail("traffic.count", "back-to-back requests (no rate) need a count")
         if rate is not None and (count - 1) / rate >= duration:
             c.fail("traffic.count", f"{count} requests at {rate:g}/s do not start within the duration {format_time(duration)}")
-        warmup = c.boolean("traffic.warmup", data["warmup"]) if "warmup" in data else True
+        warmup = c.boolean("traffic.warmup", data["warmup"]) if "warmup" in data else TrafficSpec.warmup
         return TrafficSpec(kind=kind, request_size=request, response_size=response, request_rate=rate, count=count,
                            warmup=warmup)
 

@@ -219,40 +219,34 @@ def bulk_receive(side: Side, sock: socket.socket, incoming: PatternStream) -> No
 
 
 WARMUP_JOIN_TIMEOUT_S = 10.0  # a join takes one path RTT; a TCG guest on a busy host, seconds
-TCP_ESTABLISHED = 1
 
 
-def _established_subflows(sock: socket.socket) -> int:
-    return sum(1 for sf in mptcp_sockopt.full_info(sock).subflows if sf.tcp.state == TCP_ESTABLISHED)
-
-
-def rr_warm_up(side: Side, sock: socket.socket, requests: PatternStream, responses: PatternStream) -> dict:
-    """Before the timed requests: one untimed exchange, then wait until every
-    path has an established subflow (plus the time the join's last ACK needs
-    to reach the server). The timed requests then measure the scheduler on an
-    established connection, not the path manager's join: a loss on the only
-    subflow before the join is up costs an RTO whatever the scheduler does.
-    The exchange comes first because the client's path manager opens joins
-    only once the connection is fully established, i.e. after the server's
-    first data."""
+def rr_exchange(side: Side, sock: socket.socket, requests: PatternStream, responses: PatternStream,
+                what: str) -> None:
+    """One request out, its whole response back and checked."""
     spec = side.spec
-    wanted = spec.get("expect_subflows", 1)
-    t0 = time.monotonic()
     sock.sendall(requests.take(spec["request_size"]))
     side.result["sent_bytes"] += spec["request_size"]
     response = recv_exact(sock, spec["response_size"], side.deadline)
     if response is None:
-        raise TrafficFailure("server closed before the warm-up response")
+        raise TrafficFailure(f"server closed before {what}")
     side.result["received_bytes"] += len(response)
     if not responses.check(response):
-        raise TrafficFailure(f"warm-up response corrupted at stream offset {responses.first_bad_offset}")
+        raise TrafficFailure(f"{what} corrupted at stream offset {responses.first_bad_offset}")
+
+
+def rr_warm_up(side: Side, sock: socket.socket, requests: PatternStream, responses: PatternStream) -> dict:
+    """Before the timed requests: one untimed exchange, then wait until every
+    path has a subflow the server can use too. The timed requests then measure
+    the scheduler on an established connection, not the path manager's join:
+    a loss on the only subflow before the join is up costs an RTO whatever the
+    scheduler does. The exchange comes first because the client's path manager
+    opens joins only after the server's first data."""
+    wanted = side.spec.get("expect_subflows", 1)
+    t0 = time.monotonic()
+    rr_exchange(side, sock, requests, responses, "the warm-up response")
     deadline = min(side.deadline, time.monotonic() + WARMUP_JOIN_TIMEOUT_S)
-    up = _established_subflows(sock)
-    while up < wanted and time.monotonic() < deadline:
-        time.sleep(0.01)
-        up = _established_subflows(sock)
-    if up >= wanted > 1:
-        time.sleep(spec.get("join_settle_s", 0.0))
+    up = mptcp_sockopt.wait_subflows_usable(sock, wanted, deadline)
     return {"subflows_up": up, "subflows_expected": wanted, "complete": up >= wanted,
             "seconds": round(time.monotonic() - t0, 3)}
 
@@ -277,14 +271,7 @@ def rr_client(side: Side, sock: socket.socket) -> None:
                 late += 1  # the previous response was still arriving
         else:
             scheduled = time.monotonic()
-        sock.sendall(requests.take(spec["request_size"]))
-        side.result["sent_bytes"] += spec["request_size"]
-        response = recv_exact(sock, spec["response_size"], side.deadline)
-        if response is None:
-            raise TrafficFailure(f"server closed before response {i}")
-        side.result["received_bytes"] += len(response)
-        if not responses.check(response):
-            raise TrafficFailure(f"response {i} corrupted at stream offset {responses.first_bad_offset}")
+        rr_exchange(side, sock, requests, responses, f"response {i}")
         completion.append(time.monotonic() - scheduled)
     side.result.update(completion_times_s=completion, late_requests=late, verified=True)
     sock.shutdown(socket.SHUT_WR)

@@ -215,3 +215,23 @@ def test_cbr_stream_measures_latency_and_detects_a_gap():
         traffic.cbr_receive(receiver, b, traffic.PatternStream(4, "s2c"))
     assert receiver.result["messages"] == 3 and receiver.result["verified"] is False
     assert a.recv(4096) == b'{"messages": 3, "verified": false}\n'  # the verdict the sender gets
+
+
+def test_a_warm_up_that_saw_the_join_missing_fails_the_run():
+    """The timed requests of such a run measure the join, not the scheduler."""
+    from bpfkit.lab import runner
+    from bpfkit.lab.scenario import parse_scenario
+
+    sc = parse_scenario({"duration": "2s", "paths": {"a": {"rate": "20mbit"}, "b": {"rate": "20mbit"}},
+                         "traffic": {"kind": "request-response", "request_size": "200B", "response_size": "10KB",
+                                     "rate": 5}})
+
+    def run_with(warmup):
+        sides = {"client": {"ok": True, "completion_times_s": [0.01] * 10, "warmup": warmup, "samples": []},
+                 "server": {"ok": True, "samples": []}}
+        return runner.reduce_run(sc, "default", 0, 1, sides, lambda local, remote: "a", 0)
+
+    missing = run_with({"subflows_up": 1, "subflows_expected": 2, "complete": False, "seconds": 10.0})
+    assert not missing["ok"] and missing["failures"] == ["client: warm-up: 1 of 2 subflows usable after 10 s"]
+    complete = run_with({"subflows_up": 2, "subflows_expected": 2, "complete": True, "seconds": 0.1})
+    assert complete["ok"], complete["failures"]

@@ -134,7 +134,7 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
                 sk.close()
                 return
             if subflows > 1:
-                wait_joins_usable(sk, subflows, deadline)
+                mptcp_sockopt.wait_subflows_usable(sk, subflows, deadline)
             while sent < size:
                 end = min(sent + CHUNK, size)
                 sk.sendall(PAYLOAD[sent:end])
@@ -164,23 +164,6 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
         raise errors[0]
     return Result(size, state["received"], state["sha"], state["seen"], state["by_id"], state["rtt"],
                   time.monotonic() - start)
-
-
-TCP_ESTABLISHED = 1
-
-
-def wait_joins_usable(sk: socket.socket, subflows: int, deadline: float) -> None:
-    """mptcp_info counts a join as soon as the path manager starts it; the
-    scheduler can use it only once its handshake is over and the peer has
-    acknowledged the MP_JOIN third ACK, about one more RTT of that path.  Wait for
-    that, so that the whole transfer (a fraction of a second unshaped) is
-    scheduled over all the subflows the test is about."""
-    while time.monotonic() < deadline:
-        joins = [sf for sf in mptcp_sockopt.full_info(sk).subflows if sf.tcp.state == TCP_ESTABLISHED]
-        if len(joins) >= subflows:
-            time.sleep(0.05 + 2 * max(sf.tcp.rtt_us or 0 for sf in joins) / 1e6)
-            return
-        time.sleep(0.02)
 
 
 def netem(pair: Pair, dev: str, spec: str) -> None:
