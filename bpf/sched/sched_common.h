@@ -142,18 +142,30 @@ static __always_inline int sched_retrans_candidate(struct mptcp_sock *msk, struc
 {
 	struct mptcp_subflow_context *subflow;
 	bool backups = sched_use_backups(msk);
-	struct sf_view v;
+	struct sf_view v, idle, busy;
 
-	chosen->ctx = NULL;
+	/* Two whole candidates, each set only together with its ctx: comparing
+	 * against the caller's *chosen instead (one candidate) reads fields the
+	 * verifier cannot prove written and is rejected (R6 !read_ok). */
+	idle.ctx = NULL;
+	busy.ctx = NULL;
 	bpf_for_each(mptcp_subflow, subflow, (struct sock *)msk) {
 		if (!sf_candidate(subflow, backups, &v) || !sf_can_send(&v))
 			continue;
-		/* idle before busy, then the lower RTT */
-		if (!chosen->ctx || (!v.inflight_segs && chosen->inflight_segs) ||
-		    (!v.inflight_segs == !chosen->inflight_segs && v.srtt_us < chosen->srtt_us))
-			*chosen = v;
+		if (!v.inflight_segs) {
+			if (!idle.ctx || v.srtt_us < idle.srtt_us)
+				idle = v;
+		} else if (!busy.ctx || v.srtt_us < busy.srtt_us) {
+			busy = v;
+		}
 	}
-	return chosen->ctx ? 0 : -1;
+	if (idle.ctx)
+		*chosen = idle;
+	else if (busy.ctx)
+		*chosen = busy;
+	else
+		return -1;
+	return 0;
 }
 
 #endif /* BPFKIT_SCHED_COMMON_H */
