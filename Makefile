@@ -14,9 +14,11 @@ PYTEST := $(VENV)/bin/pytest
 VM_TEST_TIMEOUT ?= 4200
 APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev dwarves flex bison bc libssl-dev \
 	cpio rsync kmod xz-utils make gcc linux-source-6.12 qemu-system-x86 udev busybox-static mptcpize \
-	iproute2 ethtool procps iputils-ping python3-venv shellcheck
+	iproute2 ethtool procps iputils-ping python3-venv shellcheck \
+	iptables nftables tcpdump libc6-dev-i386
 
-.PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm test-vm-debug clean-cache
+.PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm test-vm-debug test-selftests \
+	test-selftests-full clean-cache
 all: test
 
 setup: apt venv libbpf kernel
@@ -48,7 +50,7 @@ demo: setup
 	$(BPFKIT) doctor
 	$(BPFKIT) bench schedulers --out $(DEMO_OUT)
 
-test: setup test-unit test-host test-vm test-vm-debug
+test: setup test-unit test-host test-vm test-vm-debug test-selftests
 
 test-unit test-host: venv
 	BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m "$(subst test-,,$@)"
@@ -57,8 +59,12 @@ test-unit test-host: venv
 # (broken.bpf.c fails on purpose, tcp_ca.bpf.c is a host-tier object).
 VM_BPF_SOURCES = $(filter-out tests/bpf/broken.bpf.c tests/bpf/tcp_ca.bpf.c,$(wildcard bpf/*.bpf.c bpf/*/*.bpf.c tests/bpf/*.bpf.c))
 
+# The compatibility corpus builds with its own export-style headers only.
+COMPAT_BPF = -I tests/bpf/compat/include $(wildcard tests/bpf/compat/*.bpf.c)
+
 test-vm: setup
 	$(BPFKIT) build --kernel vm $(VM_BPF_SOURCES) >/dev/null
+	$(BPFKIT) build --kernel vm $(COMPAT_BPF) >/dev/null
 	$(BPFKIT) vm run --timeout $(VM_TEST_TIMEOUT) -- env BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m vm --durations=25
 
 # The kernel series' tests again on the debug flavour of the same kernel (lockdep,
@@ -68,8 +74,22 @@ VM_DEBUG_TESTS := tests/vm/test_sched_kernel.py tests/vm/test_schedulers.py::tes
 	tests/vm/test_schedulers.py::test_redundant_with_a_slow_path_still_copies_everything \
 	tests/vm/test_schedulers.py::test_blackholed_path_is_recovered_by_retransmission \
 	tests/vm/test_schedulers.py::test_dead_primary_path_moves_to_the_backup \
+	tests/vm/test_compat.py::test_sleepable_get_retrans_recovers_a_blackholed_path \
 	tests/vm/test_schedulers.py::test_kernel_log_has_no_splat
 test-vm-debug: setup
 	$(BPFKIT) vm kernel --flavour debug
 	$(BPFKIT) build --kernel vm-debug $(VM_BPF_SOURCES) >/dev/null
+	$(BPFKIT) build --kernel vm-debug $(COMPAT_BPF) >/dev/null
 	$(BPFKIT) vm run --flavour debug --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_EXPECT_LOCKDEP=1 $(PYTEST) -m vm --durations=10 $(VM_DEBUG_TESTS)
+
+# Upstream's MPTCP selftests of the kernel's own source, per scheduler (bpfkit vm selftests):
+# simult_flows for default and the four reference schedulers; the functional scripts for
+# default and one BPF scheduler. test-selftests-full runs every script for every scheduler.
+SELFTEST_SCHEDULERS := default,minrtt,redundant,blest,ecf
+test-selftests: setup
+	$(BPFKIT) vm selftests --scheduler $(SELFTEST_SCHEDULERS) --tests simult_flows --junit selftests-simult.xml
+	$(BPFKIT) vm selftests --scheduler default,minrtt --tests mptcp_connect,diag,mptcp_sockopt,pm_netlink \
+		--junit selftests-functional.xml
+
+test-selftests-full: setup
+	$(BPFKIT) vm selftests --scheduler $(SELFTEST_SCHEDULERS) --junit selftests-full.xml

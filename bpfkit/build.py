@@ -25,7 +25,11 @@ RUNNING_KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
 CLANG_FLAGS = ["-target", "bpf", "-mcpu=v3", "-g", "-O2", "-D__TARGET_ARCH_x86", "-fno-color-diagnostics",
                "-ferror-limit=20"]
 # Bump when the way objects are built changes, to invalidate old cache entries.
-BUILD_SCHEMA = "1"
+BUILD_SCHEMA = "2"  # 2: the compiler's system include directories, user -I and cflags
+# What a user may add with --cflags: preprocessor and diagnostics options. Output,
+# target, language and optimisation flags are bpfkit's (the loader expects them).
+_USER_FLAG = re.compile(r"^-(?:[DU][A-Za-z_]\w*(?:=.*)?|W[\w=,-]*|w|std=[\w+]+|f(?!plugin)(?:no-)?[\w-]+(?:=[\w-]+)?|"
+                        r"include=?.+|idirafter.+|isystem.+)$")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,39 @@ def clang_version() -> str:
     return out.splitlines()[0] if out else "unknown"
 
 
+_SYSTEM_INCLUDES: list[Path] | None = None
+
+
+def system_include_dirs() -> list[Path]:
+    """The host compiler's own search list (`clang -v -E -`), added with -idirafter as the
+    kernel's BPF selftests do: a BPF program may include <limits.h>, <stdbool.h>...
+    while vmlinux.h and libbpf's headers keep precedence."""
+    global _SYSTEM_INCLUDES
+    if _SYSTEM_INCLUDES is None:
+        result = subprocess.run([_tool("clang", "clang"), "-v", "-E", "-"], input="", capture_output=True,
+                                text=True)
+        dirs, inside = [], False
+        for line in result.stderr.splitlines():
+            if line.startswith("#include <...> search starts here"):
+                inside = True
+            elif line.startswith("End of search list"):
+                break
+            elif inside and line.startswith(" "):
+                dirs.append(Path(line.strip()))
+        _SYSTEM_INCLUDES = [d for d in dirs if d.is_dir()]
+    return _SYSTEM_INCLUDES
+
+
+def validate_cflags(flags: list[str]) -> list[str]:
+    """Extra clang flags a user asked for (argv items, never a shell string)."""
+    for flag in flags:
+        if not _USER_FLAG.match(flag):
+            raise UsageError(f"--cflags: {flag!r} is not accepted",
+                             hint="bpfkit passes -D/-U macros, -W/-w warnings, -f options, -std=, -include, "
+                                  "-isystem/-idirafter; use -I DIR for headers (output and target are bpfkit's)")
+    return flags
+
+
 def vmlinux_h(btf: KernelBtf) -> Path:
     """vmlinux.h for that BTF, generated once with bpftool and cached."""
     target = cache_dir() / "vmlinux" / btf.digest[:16] / "vmlinux.h"
@@ -100,12 +137,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+_INCLUDE = re.compile(r'^\s*#\s*include\s+["<]([^">]+)[">]', re.M)
 
 
 def _local_includes(source: Path, include_dirs: list[Path]) -> list[Path]:
-    """Quoted includes, transitively, that resolve to files we own (hashed
-    into the cache key so editing a shared header rebuilds its users)."""
+    """Includes, transitively, that resolve to a file next to the source or in bpfkit's
+    or the user's include dirs (hashed into the cache key so editing a shared header
+    rebuilds its users); system and libbpf headers are covered by their versions."""
     seen: dict[Path, None] = {}
     stack = [source]
     while stack:
@@ -130,24 +168,32 @@ class BuiltObject:
 
 
 def compile_bpf(source: str | Path, *, kernel: str | Path | None = None, defines: dict[str, str] | None = None,
-                include_dirs: list[Path] | None = None) -> BuiltObject:
+                include_dirs: list[Path] | None = None, cflags: list[str] | None = None) -> BuiltObject:
     """Compile one .bpf.c; returns the cached object path.
 
-    defines values must already be validated by the caller (they reach C)."""
+    defines values must already be validated by the caller (they reach C);
+    include_dirs come before bpfkit's own headers, so a user's header of the same
+    name (an export-style mptcp_bpf.h, say) wins."""
     source = Path(source).resolve()
     if not source.exists():
         raise UsageError(f"{source}: no such BPF source file")
+    user_dirs = [Path(d).resolve() for d in include_dirs or []]
+    for d in user_dirs:
+        if not d.is_dir():
+            raise UsageError(f"-I {d}: no such directory")
+    extra = validate_cflags(list(cflags or []))
     btf = KernelBtf.of(kernel)
     header = vmlinux_h(btf)
     libbpf_include = libbpf_dist.find().include_dir
-    includes = [header.parent, libbpf_include, BPF_DIR / "include", *(include_dirs or [])]
+    includes = [header.parent, libbpf_include, *user_dirs, BPF_DIR / "include"]
     define_args = [f"-D{k}={v}" for k, v in sorted((defines or {}).items())]
+    system_args = [arg for d in system_include_dirs() for arg in ("-idirafter", str(d))]
     clang = _tool("clang", "clang")
     version = clang_version()
 
     key = hashlib.sha256()
-    for part in (BUILD_SCHEMA, version, " ".join(CLANG_FLAGS + define_args), btf.digest,
-                 str(libbpf_include), source.name):
+    for part in (BUILD_SCHEMA, version, " ".join(CLANG_FLAGS + define_args + extra + system_args), btf.digest,
+                 str(libbpf_include), " ".join(map(str, user_dirs)), source.name):
         key.update(part.encode() + b"\0")
     key.update(source.read_bytes())
     for dep in _local_includes(source, includes[2:]):
@@ -160,12 +206,17 @@ def compile_bpf(source: str | Path, *, kernel: str | Path | None = None, defines
     obj.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=obj.parent, prefix=".tmp-", suffix=".o")
     os.close(fd)
-    cmd = [clang, *CLANG_FLAGS, *define_args, *[f"-I{d}" for d in includes], "-c", str(source), "-o", tmp]
+    cmd = [clang, *CLANG_FLAGS, *define_args, *extra, *[f"-I{d}" for d in includes], *system_args, "-c",
+           str(source), "-o", tmp]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         with contextlib.suppress(FileNotFoundError):  # clang removes its output on failure
             os.unlink(tmp)
-        raise BuildError(format_clang_errors(result.stderr, source) or result.stderr.strip())
+        hint = None
+        if "gnu/stubs-32.h" in result.stderr:
+            # glibc's headers take a target without __x86_64__ (bpf) for 32-bit x86
+            hint = "a system header reached glibc's 32-bit stubs: apt-get install libc6-dev-i386"
+        raise BuildError(format_clang_errors(result.stderr, source) or result.stderr.strip(), hint=hint)
     os.replace(tmp, obj)
     return BuiltObject(obj, source, cached=False)
 

@@ -52,7 +52,7 @@ def missing_options(requested: dict[str, str], actual: dict[str, str]) -> list[D
     dropped = []
     for name, wanted in requested.items():
         got = actual.get(name, "n")
-        if got != wanted:
+        if got != wanted and not (wanted == "m" and got == "y"):  # built in is what mod2yesconfig makes of m
             dropped.append(DroppedOption(name, wanted, got))
     return dropped
 

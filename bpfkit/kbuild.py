@@ -32,7 +32,8 @@ from bpfkit.errors import KernelBuildError, MissingDependency, UsageError
 from bpfkit.paths import VM_DIR, cache_dir
 
 # Bump when the build procedure changes in a way that changes the result.
-SCHEMA_VERSION = 1
+# 2: the source tree's tools/testing/selftests/net/mptcp/config is merged too
+SCHEMA_VERSION = 2
 
 DEBIAN_PACKAGE = "linux-source-6.12"
 DEBIAN_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
@@ -44,6 +45,7 @@ FLAVOURS = {
     "debug": ["bpfkit.config", "debug.config"],
 }
 
+SELFTESTS_CONFIG = "tools/testing/selftests/net/mptcp/config"
 APPLIED_DIR = ".bpfkit-applied"  # inside a source tree: copies of the applied patches
 PENDING_FILE = ".pending"  # inside APPLIED_DIR: the patch being applied right now
 OBJECT_COUNT_FILE = ".bpfkit-object-count"  # inside a build dir: progress bar total
@@ -560,10 +562,13 @@ def configure(source_tree: Path, build_dir: Path, fragments: list[Path], log) ->
     """defconfig + kvm_guest.config + fragments, olddefconfig, mod2yesconfig; then
     check every fragment option kept its requested value. Returns the .config."""
     _make(source_tree, build_dir, ["defconfig"], log)
+    # Upstream's MPTCP selftests state what they need (netfilter, nftables, tc actions...) in
+    # their own config; merged before bpfkit's fragments so that those still decide.
+    selftests = [p for p in [source_tree / SELFTESTS_CONFIG] if p.is_file()]
     merge = [
         str(source_tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(build_dir),
         str(build_dir / ".config"), str(source_tree / "kernel/configs/kvm_guest.config"),
-        *map(str, fragments),
+        *map(str, selftests), *map(str, fragments),
     ]
     log.write(f"$ {' '.join(merge)}\n")
     log.flush()
@@ -574,13 +579,13 @@ def configure(source_tree: Path, build_dir: Path, fragments: list[Path], log) ->
     # Everything built in: no module build or install step, the guest needs no /lib/modules.
     _make(source_tree, build_dir, ["mod2yesconfig"], log)
     actual = kconfig.parse_config((build_dir / ".config").read_text())
-    requested = kconfig.read_fragments(fragments)
+    requested = kconfig.read_fragments(selftests + fragments)
     dropped = kconfig.missing_options(requested, actual)
     if dropped:
         reasons = "\n".join("  " + kconfig.explain_option(source_tree, d, actual) for d in dropped)
         raise KernelBuildError(
             f"kconfig dropped {len(dropped)} option(s) the fragments ask for "
-            f"({', '.join(p.name for p in fragments)}):\n{reasons}",
+            f"({', '.join(str(p) for p in selftests + fragments)}):\n{reasons}",
             hint="enable the missing dependencies in the fragment too",
         )
     return actual
@@ -652,6 +657,14 @@ def build_kernel(source: Path | None = None, flavour: str = "default", progress:
         if cached is not None:
             return cached
         return _build_locked(inputs, progress)
+
+
+def tree_and_build_dir(source: Path | None = None, flavour: str = "default") -> tuple[Path, Path]:
+    """The source tree a kernel is built from (the extracted, patched Debian tree, or
+    the user's tree) and its out-of-tree build dir; for tools built from the same tree."""
+    inputs = resolve_inputs(source, flavour)
+    tree = extract_debian_tree(inputs.source) if inputs.source.kind == "debian" else inputs.source.location
+    return tree, cache_dir() / "build" / f"{inputs.source.name}-{inputs.flavour}"
 
 
 def _build_locked(inputs: BuildInputs, progress: bool) -> KernelBuild:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfkit import fs, libbpf_dist
-from bpfkit.errors import AttachError, LoadError, VerifierError
+from bpfkit.errors import AttachError, BpfkitError, LoadError, VerifierError
 from bpfkit.paths import PIN_ROOT  # noqa: F401  (re-exported for callers)
 
 # --- kernel ABI constants (include/uapi/linux/bpf.h, btf.h) -----------------
@@ -140,6 +140,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
         "bpf_map__set_autocreate": (c_int, [c_void_p, c_bool]),
         "bpf_map__initial_value": (c_void_p, [c_void_p, POINTER(c_size_t)]),
+        "bpf_map__btf_value_type_id": (c_uint32, [c_void_p]),
         "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
         "bpf_map__attach_struct_ops": (c_void_p, [c_void_p]),
         "bpf_link__fd": (c_int, [c_void_p]),
@@ -535,6 +536,23 @@ class Program:
             os.close(fd)
 
 
+@dataclass(frozen=True)
+class StructOpsSpec:
+    """A struct_ops map as the object file declares it (before load)."""
+
+    var: str  # C variable = map name
+    type_name: str  # e.g. mptcp_sched_ops
+    link: bool  # SEC(".struct_ops.link"): registered through a bpf_link
+    members: dict[str, bytes]  # member name -> its bytes in the initial value (padding included)
+
+    def string(self, member: str) -> str:
+        return self.members.get(member, b"").split(b"\0", 1)[0].decode(errors="replace")
+
+    def u32(self, member: str) -> int:
+        raw = self.members.get(member, b"")
+        return int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+
+
 class BpfObject:
     """An opened (then loaded) BPF object file."""
 
@@ -647,7 +665,7 @@ class BpfObject:
             if logs:
                 prog, log = next(iter(logs.items()))
                 report = parse_verifier_log(prog, log)
-                raise VerifierError(f"{self.path.name}: {report.format()}")
+                raise VerifierError(f"{self.path.name}: {report.format()}", hint=_verifier_hint(log))
             raise LoadError(f"loading {self.path.name} failed: {_strerror(err)}" + _optional_details(cap.text),
                             hint=_load_hint(err, cap.text))
         self.loaded = True
@@ -671,6 +689,32 @@ class BpfObject:
     def struct_ops_maps(self) -> list[str]:
         return [n for n, p in self._maps.items() if lib().bpf_map__type(p) == BPF_MAP_TYPE_STRUCT_OPS]
 
+    def struct_ops_specs(self) -> list["StructOpsSpec"]:
+        """What each struct_ops map of the (opened) object declares: its C type, whether
+        it registers through a link, and its initial member values by name (bytes)."""
+        btf = lib().bpf_object__btf(self._ptr)
+        out = []
+        for var in self.struct_ops_maps():
+            ptr = self._maps[var]
+            t = lib().btf__type_by_id(btf, lib().bpf_map__btf_value_type_id(ptr)) if btf else None
+            if not t:
+                raise LoadError(f"{self.path.name}: struct_ops map {var} has no BTF type")
+            name_off, info, _ = struct.unpack_from("<III", ctypes.string_at(t, 12))
+            size = c_size_t()
+            base = lib().bpf_map__initial_value(ptr, byref(size))
+            data = ctypes.string_at(base, size.value) if base else b""
+            members, offsets = {}, []
+            for i in range(info & 0xFFFF):
+                m_name, _, m_off = struct.unpack_from("<III", ctypes.string_at(t + 12 + 12 * i, 12))
+                bit = m_off & 0xFFFFFF if info >> 31 else m_off  # kind_flag: bitfield size in the top byte
+                offsets.append((lib().btf__name_by_offset(btf, m_name).decode(), bit // 8))
+            for i, (m_name, start) in enumerate(offsets):
+                end = offsets[i + 1][1] if i + 1 < len(offsets) else len(data)
+                members[m_name] = data[start:end]
+            out.append(StructOpsSpec(var, lib().btf__name_by_offset(btf, name_off).decode(),
+                                     bool(lib().bpf_map__map_flags(ptr) & BPF_F_LINK), members))
+        return out
+
     def close(self) -> None:
         """Unload what no link or pin holds."""
         if self._ptr:
@@ -682,6 +726,28 @@ class BpfObject:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_KFUNC_ARG_TYPE = re.compile(r"kernel function (?P<fn>\w+) args#(?P<arg>\d+) expected pointer to STRUCT (?P<want>\w+) "
+                             r"but R\d+ has a pointer to STRUCT (?P<got>\w+)")
+# Kfuncs whose argument type changed between generations of mptcp_net-next's export branch
+# (the mid-2025 one, still in OpenMPTCProuter's 6.12 kernels, passed the subflow socket).
+_KFUNC_API_CHANGES = {
+    ("bpf_sk_stream_memory_free", "mptcp_subflow_context", "sock"):
+        "this kernel (bpfkit's series, like the newest export branch) takes the subflow context: "
+        "call bpf_sk_stream_memory_free(subflow), not bpf_sk_stream_memory_free(ssk), and declare it "
+        "`extern bool bpf_sk_stream_memory_free(const struct mptcp_subflow_context *subflow) __ksym;`",
+}
+
+
+def _verifier_hint(log: str) -> str | None:
+    """What to write instead, for rejections that come from an API difference."""
+    m = _KFUNC_ARG_TYPE.search(log)
+    if not m:
+        return None
+    known = _KFUNC_API_CHANGES.get((m["fn"], m["want"], m["got"]))
+    return known or (f"{m['fn']}() takes a struct {m['want']} * as argument {int(m['arg']) + 1} in this kernel; "
+                     f"the program passes a struct {m['got']} * (check its declaration against the kernel's BTF)")
 
 
 def _load_hint(err: int, text: str) -> str | None:
@@ -776,6 +842,66 @@ def link_info(fd: int) -> dict:
     elif out["type"] == "tracing":
         out["attach_type"], out["target_obj_id"], out["target_btf_id"] = struct.unpack_from("<III", raw)
     return out
+
+
+def struct_ops_maps_loaded() -> list[dict]:
+    """Every struct_ops map in the kernel (whoever loaded it), with its value as the
+    kernel holds it (refcount and state, then the ops struct) and the id of the link
+    that registered it, if a link did."""
+    links = {}
+    for link_id in loaded_link_ids():
+        fd = lib().bpf_link_get_fd_by_id(link_id)
+        if fd < 0:
+            continue
+        try:
+            info = link_info(fd)
+            if info["type"] == "struct_ops":
+                links[info["map_id"]] = link_id
+        except BpfkitError:
+            continue
+        finally:
+            os.close(fd)
+    out = []
+    for map_id in loaded_map_ids():
+        fd = lib().bpf_map_get_fd_by_id(map_id)
+        if fd < 0:
+            continue
+        try:
+            info = map_info(fd)
+            if info["type"] != BPF_MAP_TYPE_STRUCT_OPS:
+                continue
+            key, value = c_uint32(0), ctypes.create_string_buffer(info["value_size"])
+            if lib().bpf_map_lookup_elem(fd, byref(key), value) != 0:
+                continue
+            out.append({"map_id": map_id, "map_name": info["name"], "value": value.raw,
+                        "link_id": links.get(map_id)})
+        finally:
+            os.close(fd)
+    return out
+
+
+def unregister_struct_ops(map_id: int, link_id: int | None) -> None:
+    """Unregister a struct_ops map someone else registered: detach its link, or (a map
+    registered without a link) delete its only element, as `bpftool struct_ops
+    unregister` does."""
+    if link_id is not None:
+        fd = lib().bpf_link_get_fd_by_id(link_id)
+        if fd < 0:
+            raise AttachError(f"struct_ops link {link_id}: {_strerror(_errno_of(fd))}")
+        try:
+            _check(lib().bpf_link_detach(fd), f"detaching struct_ops link {link_id}", exc=AttachError)
+        finally:
+            os.close(fd)
+        return
+    fd = lib().bpf_map_get_fd_by_id(map_id)
+    if fd < 0:
+        raise AttachError(f"struct_ops map {map_id}: {_strerror(_errno_of(fd))}")
+    try:
+        key = c_uint32(0)
+        _check(lib().bpf_map_delete_elem(fd, byref(key)), f"unregistering struct_ops map {map_id}",
+               exc=AttachError)
+    finally:
+        os.close(fd)
 
 
 def _ids(next_id_fn) -> list[int]:

@@ -53,6 +53,7 @@ DEFAULT = "default"  # the in-kernel scheduler; always registered, cannot be unl
 NAME_MAX = 15  # MPTCP_SCHED_NAME_MAX (16) counts the terminating NUL
 CURRENT_NETNS = "(current)"
 UNREGISTER_TIMEOUT = 30.0
+REDUNDANT_FLAG = 0x1  # MPTCP_SCHED_FLAG_REDUNDANT (vm/patches/6.12/0004)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _CLONE_NEWNET = 0x40000000
@@ -142,12 +143,28 @@ def builtin_sources() -> dict[str, Path]:
     return out
 
 
+def is_object(spec: str | Path) -> bool:
+    """A prebuilt BPF object (clang output, e.g. from another project's build)."""
+    return str(spec).endswith(".o")
+
+
+def ops_maps_of_object(path: Path) -> list[OpsMap]:
+    """The mptcp_sched_ops maps of a prebuilt object, read from its BTF and initial values."""
+    from bpfkit import libbpf
+
+    with libbpf.BpfObject.open(path) as obj:
+        specs = obj.struct_ops_specs()
+    return [OpsMap(var=sp.var, name=sp.string("name"), link=sp.link,
+                   redundant=bool(sp.u32("flags") & REDUNDANT_FLAG))
+            for sp in specs if sp.type_name == "mptcp_sched_ops"]
+
+
 def resolve_source(spec: str) -> Path:
-    """NAME of a built-in scheduler, or a path to a .bpf.c file."""
-    if spec.endswith(".c") or "/" in spec:
+    """NAME of a built-in scheduler, or a path to a .bpf.c file or a prebuilt .o."""
+    if spec.endswith((".c", ".o")) or "/" in spec:
         path = Path(spec)
         if not path.is_file():
-            raise UsageError(f"{spec}: no such BPF C file")
+            raise UsageError(f"{spec}: no such {'BPF object' if is_object(spec) else 'BPF C'} file")
         return path.resolve()
     builtin = builtin_sources()
     if spec in builtin:
@@ -399,8 +416,9 @@ def _link_ids(name: str) -> tuple[int | None, int | None]:
         link.close()
 
 
-def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None) -> LoadResult:
-    """Build (cached), load, register and pin a scheduler.
+def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None,
+         include_dirs: list[Path] | None = None, cflags: list[str] | None = None) -> LoadResult:
+    """Build (cached) or take a prebuilt object, load, register and pin a scheduler.
 
     Idempotent for the same object; an error when another object (or a loader
     other than bpfkit) holds the name.  On any failure nothing stays
@@ -408,12 +426,20 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None)
     from bpfkit import build, libbpf
 
     source = resolve_source(spec)
-    maps = ops_maps(source.read_text(errors="replace"))
+    if is_object(source):
+        if include_dirs or cflags:
+            raise UsageError(f"{source} is already built: -I and --cflags apply to .bpf.c files only")
+        maps = ops_maps_of_object(source)
+    else:
+        maps = ops_maps(source.read_text(errors="replace"))
     chosen = pick_ops_map(source, maps, ops)
     name = chosen.name
     require_struct_ops_support()
-    built = build.compile_bpf(source, kernel=kernel)
-    sha = _sha256(built.path)
+    if is_object(source):
+        object_path = source
+    else:
+        object_path = build.compile_bpf(source, kernel=kernel, include_dirs=include_dirs, cflags=cflags).path
+    sha = _sha256(object_path)
 
     with _lock():
         if link_pin(name).exists():
@@ -428,13 +454,13 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None)
             raise AttachError(f"scheduler name {name!r} is already registered by another loader (not bpfkit)",
                               hint="rename yours (.name in the ops map) or unregister the other one")
 
-        obj = libbpf.open_object(built.path)  # VerifierError/LoadError: nothing registered yet
+        obj = libbpf.open_object(object_path)  # VerifierError/LoadError: nothing registered yet
         link = None
         try:
             link = obj.map(chosen.var).attach_struct_ops()
             link.pin(link_pin(name))
             program_ids = {p.name: p.id for p in obj.programs.values() if _autoloaded(p)}
-            rec = Record(name=name, source=str(source), object=str(built.path), object_sha256=sha,
+            rec = Record(name=name, source=str(source), object=str(object_path), object_sha256=sha,
                          ops_map=chosen.var, flags=["redundant"] if chosen.redundant else [],
                          program_ids=program_ids,
                          loaded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -500,8 +526,11 @@ def unload(name: str, *, force: bool = False) -> UnloadResult:
     with _lock():
         if not link_pin(name).exists():
             if name in available():
-                raise UsageError(f"scheduler {name!r} is registered, but not by bpfkit (no pin at "
-                                 f"{link_pin(name)}); unregister it with the tool that loaded it")
+                if not force:
+                    raise UsageError(f"scheduler {name!r} is registered, but not by bpfkit (no pin at "
+                                     f"{link_pin(name)}); unregister it with the tool that loaded it",
+                                     hint=f"or take it down anyway: bpfkit sched unload {name} --force")
+                return _unload_foreign(name)
             raise UsageError(f"scheduler {name!r} is not loaded",
                              hint=f"loaded by bpfkit: {', '.join(pinned_names()) or 'none'}")
         using = users(name)
@@ -520,6 +549,40 @@ def unload(name: str, *, force: bool = False) -> UnloadResult:
             _record_path(name).unlink()
         wait_unregistered(name)
         return UnloadResult(name, switched)
+
+
+def foreign_registrations() -> dict[str, dict]:
+    """Schedulers registered by another loader (bpftool, a test program...), by name:
+    the struct_ops maps whose kernel value holds a registered name bpfkit did not pin."""
+    from bpfkit import libbpf
+
+    ours = set(pinned_names())
+    names = [n for n in available() if n != DEFAULT and n not in ours]
+    out: dict[str, dict] = {}
+    if not names:
+        return out
+    for entry in libbpf.struct_ops_maps_loaded():
+        for n in names:
+            # the ops struct's name[16] member: the name, NUL-padded
+            if n.encode().ljust(NAME_MAX + 1, b"\0") in entry["value"]:
+                out.setdefault(n, entry)
+    return out
+
+
+def _unload_foreign(name: str) -> UnloadResult:
+    from bpfkit import libbpf
+
+    entry = foreign_registrations().get(name)
+    if entry is None:
+        raise BpfkitError(f"scheduler {name!r} is registered, but no struct_ops map in the kernel names it "
+                          f"(an in-kernel scheduler?)")
+    switched = {}
+    for ns in users(name):
+        set_selected(DEFAULT, None if ns == CURRENT_NETNS else ns)
+        switched[ns] = name
+    libbpf.unregister_struct_ops(entry["map_id"], entry["link_id"])
+    wait_unregistered(name)
+    return UnloadResult(name, switched)
 
 
 def use(name: str, netns: str | None = None) -> str:
@@ -548,6 +611,8 @@ def list_all() -> dict:
         "available": names,
         "selected": sel,
         "bpfkit": ours,
+        # registered by another loader: bpfkit neither pinned nor will unload them (but with --force)
+        "other_loaders": [n for n in names if n != DEFAULT and n not in ours],
     }
 
 
@@ -591,6 +656,7 @@ def format_list(data: dict) -> str:
         lines.append(f"  {b['name']:<16} {state:<17} {b['source']}")
     lines.append(f"registered (net.mptcp.available_schedulers): {' '.join(data['available'])}")
     lines.append(f"loaded by bpfkit (pinned under {PIN_DIR}): {' '.join(data['bpfkit']) or 'none'}")
+    lines.append(f"registered by other loaders (not bpfkit's): {' '.join(data['other_loaders']) or 'none'}")
     lines.append("selected (net.mptcp.scheduler):")
     for ns, sel in data["selected"].items():
         lines.append(f"  {ns:<16} {sel}")

@@ -1,10 +1,11 @@
-"""`bpfkit build FILE.bpf.c... [--kernel running|VMLINUX]`: compile BPF C."""
+"""`bpfkit build FILE.bpf.c... [--kernel running|VMLINUX] [-I DIR] [--cflags FLAGS]`: compile BPF C."""
 
+import shlex
 import sys
 from pathlib import Path
 
 from bpfkit import build
-from bpfkit.errors import BuildError
+from bpfkit.errors import BuildError, UsageError
 from bpfkit.paths import BPF_DIR
 
 
@@ -14,7 +15,24 @@ def register(subparsers) -> None:
     p.add_argument("--kernel", default="running",
                    help="'running' (this kernel's BTF), 'vm' or 'vm-debug' (the cached bpfkit VM kernel of that "
                         "flavour, so the guest finds the objects prebuilt), or a vmlinux file / kernel build dir")
+    add_compile_options(p)
     p.set_defaults(handler=handle)
+
+
+def add_compile_options(p) -> None:
+    """-I and --cflags, shared by every command that compiles a user's BPF C."""
+    p.add_argument("-I", "--include", dest="include_dirs", metavar="DIR", action="append", type=Path, default=[],
+                   help="also search DIR for headers (before bpfkit's own; repeatable)")
+    p.add_argument("--cflags", default="", metavar="FLAGS",
+                   help="extra clang flags, split like a shell would, e.g. --cflags='-DNDEBUG -Wno-unused'")
+
+
+def compile_options(args) -> dict:
+    try:
+        cflags = shlex.split(args.cflags)
+    except ValueError as exc:
+        raise UsageError(f"--cflags {args.cflags!r}: {exc}") from None
+    return {"include_dirs": args.include_dirs, "cflags": build.validate_cflags(cflags)}
 
 
 def handle(args) -> int:
@@ -24,10 +42,11 @@ def handle(args) -> int:
         from bpfkit import kbuild
 
         kernel = kbuild.default_kernel("debug" if kernel == "vm-debug" else "default").vmlinux
+    options = compile_options(args)
     failed = 0
     for source in sources:
         try:
-            built = build.compile_bpf(source, kernel=kernel)
+            built = build.compile_bpf(source, kernel=kernel, **options)
         except BuildError as exc:  # report every broken file, not just the first
             print(exc, file=sys.stderr)
             failed += 1

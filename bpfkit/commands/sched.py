@@ -5,6 +5,7 @@ import importlib
 import json
 
 from bpfkit import sched
+from bpfkit.commands.build import add_compile_options, compile_options
 
 
 def register(subparsers) -> None:
@@ -19,10 +20,13 @@ def register(subparsers) -> None:
     ls.set_defaults(handler=handle_list)
 
     ld = sub.add_parser("load", help="build, register and pin a scheduler (stays registered after exit)")
-    ld.add_argument("scheduler", metavar="NAME|FILE.bpf.c", help="a built-in scheduler (bpf/sched/) or a source file")
+    ld.add_argument("scheduler", metavar="NAME|FILE.bpf.c|FILE.o",
+                    help="a built-in scheduler (bpf/sched/), a source file, or an object built elsewhere "
+                         "(clang -target bpf -g, with BTF)")
     ld.add_argument("--ops", metavar="MAP", help="which mptcp_sched_ops map of the file (C name or .name), when "
                                                  "it has several")
     ld.add_argument("--json", action="store_true", help="machine-readable output")
+    add_compile_options(ld)
     ld.set_defaults(handler=handle_load)
 
     us = sub.add_parser("use", help="select a registered scheduler for new MPTCP sockets (net.mptcp.scheduler)")
@@ -34,7 +38,8 @@ def register(subparsers) -> None:
     ul.add_argument("name")
     ul.add_argument("--force", action="store_true",
                     help="if a netns selects it, switch that netns to 'default' first (open connections keep "
-                         "the unloaded scheduler until they close)")
+                         "the unloaded scheduler until they close); also unregister a scheduler another "
+                         "loader (bpftool...) registered")
     ul.set_defaults(handler=handle_unload)
 
     sh = sub.add_parser("show", help="one scheduler: source, programs, pin, flags, where selected")
@@ -61,7 +66,7 @@ def handle_list(args) -> int:
 
 
 def handle_load(args) -> int:
-    result = sched.load(args.scheduler, ops=args.ops)
+    result = sched.load(args.scheduler, ops=args.ops, **compile_options(args))
     rec = result.record
     if args.json:
         print(json.dumps({"name": rec.name, "already_loaded": result.already_loaded, "pin": str(rec.pin),

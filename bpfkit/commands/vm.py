@@ -41,6 +41,79 @@ def register(subparsers) -> None:
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...", help="command to run in the guest")
     r.set_defaults(handler=handle_run)
 
+    st = vm_sub.add_parser("selftests", help="run upstream's MPTCP selftests (of the kernel's own source) in the "
+                                             "VM, once per scheduler",
+                           description="Builds tools/testing/selftests/net/mptcp of the tree the kernel is built "
+                                       "from, boots once, and runs each script with the scheduler selected in "
+                                       "every network namespace the script creates. Exit 1 if any script fails.")
+    st.add_argument("--scheduler", default="default", metavar="S[,S...]",
+                    help="'default', built-in names (minrtt, ...) or scheduler files (default: %(default)s)")
+    st.add_argument("--tests", metavar="NAMES", help="scripts to run, e.g. simult_flows,diag (default: all)")
+    st.add_argument("--kernel", type=Path, metavar="TREE",
+                    help="a kernel source tree: build it as-is and run its own selftests (default: Debian's "
+                         "linux-source + vm/patches)")
+    st.add_argument("--flavour", choices=sorted(kbuild.FLAVOURS), default="default")
+    st.add_argument("--script-timeout", type=float, metavar="S",
+                    help="per script (default: the directory's kselftest `settings`)")
+    st.add_argument("--out", type=Path, metavar="DIR", help="where logs and results.json go "
+                                                           "(default: a new dir in the bpfkit cache)")
+    st.add_argument("--json", action="store_true", help="print the results as JSON")
+    st.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    st.set_defaults(handler=handle_selftests)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def handle_selftests(args) -> int:
+    import datetime
+    import sys
+
+    from bpfkit import build, sched, selftests
+    from bpfkit.paths import cache_dir
+
+    schedulers = _names(args.scheduler)
+    if not schedulers:
+        raise UsageError("--scheduler: give at least one name (e.g. default,minrtt)")
+    kernel = kbuild.build_kernel(source=args.kernel, flavour=args.flavour, progress=True)
+    for spec in schedulers:  # compiled on the host: clang under TCG in the guest is slow
+        if spec != sched.DEFAULT:
+            source = sched.resolve_source(spec)
+            if not sched.is_object(source):
+                build.compile_bpf(source, kernel=kernel.vmlinux)
+    tree, build_dir = kbuild.tree_and_build_dir(args.kernel, args.flavour)
+    install_dir = selftests.install(tree, build_dir)
+    scripts = selftests.resolve_scripts(_names(args.tests) if args.tests else None, selftests.scripts_in(install_dir))
+    timeout = args.script_timeout or selftests.script_timeout(install_dir)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = (args.out or cache_dir() / "selftests-runs" / stamp).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = {"install_dir": str(install_dir), "out_dir": str(out_dir), "schedulers": schedulers,
+            "scripts": scripts, "timeout": timeout}
+    plan_file = out_dir / "plan.json"
+    plan_file.write_text(json.dumps(plan, indent=2))
+    budget = timeout * len(scripts) * len(schedulers) + 120
+    try:
+        vm.run([sys.executable, "-m", "bpfkit.selftests", str(plan_file)], kernel=kernel.bzimage, timeout=budget,
+               rwdirs=[out_dir], capture=False)
+    except VmError as exc:
+        print(f"bpfkit: the VM ended early: {exc.message}", file=sys.stderr)
+    runs = selftests.load_results(out_dir)
+    if args.junit:
+        selftests.write_junit(runs, args.junit)
+    if args.json:
+        print(json.dumps({"kernel": str(kernel.dir), "tree": str(tree), "results": str(out_dir),
+                          "runs": [r.to_dict() for r in runs]}, indent=2))
+    else:
+        print(selftests.format_table(runs))
+        print(f"logs: {out_dir}")
+    expected = len(scripts) * len(schedulers)
+    if len(runs) < expected:
+        print(f"bpfkit: only {len(runs)} of {expected} script runs reported", file=sys.stderr)
+        return 1
+    return 0 if all(r.status in ("pass", "skip") for r in runs) else 1
+
 
 def handle_kernel(args) -> int:
     # Progress goes to stderr, so it never mixes with the path or JSON on stdout.

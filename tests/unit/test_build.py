@@ -3,7 +3,7 @@ import uuid
 import pytest
 
 from bpfkit import build
-from bpfkit.errors import BuildError
+from bpfkit.errors import BuildError, UsageError
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +57,16 @@ def test_clang_error_formatting_drops_snippets():
         "1 error generated.\n"
     )
     assert build.format_clang_errors(stderr) == "/x/a.bpf.c:5: error: expected ';' after return statement"
+
+
+@pytest.mark.parametrize("flag", ["-DX=1", "-UX", "-Wno-unused-variable", "-w", "-std=gnu11", "-fno-builtin",
+                                  "-include=x.h", "-isystem/opt/inc", "-idirafter/opt/inc"])
+def test_user_cflags_accepted(flag):
+    assert build.validate_cflags([flag]) == [flag]
+
+
+@pytest.mark.parametrize("flag", ["-o/etc/passwd", "-c", "-target", "x86_64", "-O0", "-mcpu=v1", "--", "-Xclang",
+                                  "-fplugin=/tmp/x.so;", "-fplugin=x", "-D1X"])
+def test_user_cflags_that_would_change_the_build_are_refused(flag):
+    with pytest.raises(UsageError, match="--cflags"):
+        build.validate_cflags([flag])

@@ -151,11 +151,12 @@ def test_ecf_delta_widens_the_slow_estimate():
 def test_format_list_and_show():
     data = {"builtin": [{"name": "minrtt", "source": "/p/bpf/sched/minrtt.bpf.c", "registered": True,
                          "loaded_by_bpfkit": True}],
-            "available": ["default", "minrtt"], "selected": {"(current)": "default", "ns1": "minrtt"},
-            "bpfkit": ["minrtt"]}
+            "available": ["default", "minrtt", "theirs"], "selected": {"(current)": "default", "ns1": "minrtt"},
+            "bpfkit": ["minrtt"], "other_loaders": ["theirs"]}
     text = sched.format_list(data)
     assert "minrtt           loaded by bpfkit" in text
-    assert "registered (net.mptcp.available_schedulers): default minrtt" in text
+    assert "registered by other loaders (not bpfkit's): theirs" in text
+    assert "registered (net.mptcp.available_schedulers): default minrtt theirs" in text
     assert "  ns1              minrtt" in text
     shown = sched.format_show({"name": "minrtt", "registered": True, "flags": [], "program_ids": {"a": 7},
                                "selected_in": ["ns1"], "pin": None})
@@ -166,7 +167,8 @@ def test_format_list_and_show():
 def test_cli_has_the_sched_actions():
     parser = cli.make_parser()
     for argv in (["sched", "list", "--json"], ["sched", "load", "minrtt"], ["sched", "use", "x", "--netns", "n"],
-                 ["sched", "unload", "x", "--force"], ["sched", "show", "x"]):
+                 ["sched", "unload", "x", "--force"], ["sched", "show", "x"], ["sched", "load", "x.o"],
+                 ["sched", "load", "x.bpf.c", "-I", "inc", "--cflags=-DX=1"]):
         assert parser.parse_args(argv).handler
 
 

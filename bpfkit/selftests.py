@@ -1,0 +1,340 @@
+"""Upstream's MPTCP selftests, once per scheduler, in the VM (`bpfkit vm selftests`).
+
+The scripts are the ones of the very source tree the VM kernel was built from
+(tools/testing/selftests/net/mptcp/), installed the kselftest way (`make -C
+tools/testing/selftests TARGETS=net/mptcp install`) into bpfkit's cache; the
+helpers they need (mptcp_connect, pm_nl_ctl, mptcp_sockopt, mptcp_inq,
+mptcp_diag) are built there against that tree's UAPI headers.  Nothing in the
+tree is edited.
+
+Every script creates its own network namespaces, and net.mptcp.scheduler is per
+netns (default "default").  To run a script "on" a scheduler, the guest puts a
+small `ip` wrapper first in PATH: after `ip netns add NAME` it selects the
+scheduler in NAME, and fails the add if it cannot, so a script never silently
+runs on the default one.  The wrapper logs each netns it set; a run whose
+scripts created netns the wrapper did not see is reported as an error.
+
+Results per (scheduler, script): the script's exit status (kselftest: 0 pass,
+4 skip, else fail), its TAP lines (mptcp_lib.sh prints one per subtest), the
+counts, the duration and the full log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from bpfkit.errors import BpfkitError, UsageError
+from bpfkit.paths import cache_dir
+
+SELFTESTS_SUBDIR = "tools/testing/selftests"
+MPTCP_SUBDIR = "net/mptcp"
+KSFT_SKIP = 4
+DEFAULT_SCRIPT_TIMEOUT = 900  # when the directory's `settings` file gives none
+_TAP_RE = re.compile(r"^(?P<status>not ok|ok) (?P<num>\d+)(?: -)? ?(?P<desc>.*?)(?:\s+#\s*(?P<directive>SKIP|TODO|XFAIL|"
+                     r"IGNORE|FLAKY)\b\s*(?P<reason>.*))?$", re.I)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class Subtest:
+    number: int
+    description: str
+    status: str  # "pass", "fail", "skip", "ignored" (a failure the script itself marks to ignore, e.g. flaky)
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class ScriptRun:
+    scheduler: str
+    script: str
+    exit_code: int | None  # None: killed at the timeout
+    seconds: float
+    subtests: list[Subtest]
+    log: str  # path of the full output
+    netns_set: int = 0  # network namespaces the wrapper switched to the scheduler
+    error: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.error or self.exit_code is None:
+            return "error"
+        if self.exit_code == 0:
+            return "pass"
+        if self.exit_code == KSFT_SKIP:
+            return "skip"
+        return "fail"
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.subtests if s.status == status)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["status"] = self.status
+        out["counts"] = {k: self.count(k) for k in ("pass", "fail", "skip", "ignored")}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScriptRun":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        args = {k: v for k, v in data.items() if k in fields}
+        args["subtests"] = [Subtest(**s) for s in data.get("subtests", [])]
+        return cls(**args)
+
+
+def parse_tap(text: str) -> list[Subtest]:
+    """The TAP result lines of a script's output (mptcp_lib_result_print_all_tap)."""
+    out = []
+    for line in text.splitlines():
+        m = _TAP_RE.match(line.strip())
+        if not m:
+            continue
+        directive = (m["directive"] or "").upper()
+        if directive == "SKIP":
+            status = "skip"
+        elif m["status"].lower() == "ok":
+            status = "pass"
+        elif directive in ("IGNORE", "FLAKY", "TODO", "XFAIL"):
+            status = "ignored"
+        else:
+            status = "fail"
+        out.append(Subtest(int(m["num"]), m["desc"].strip(), status, (m["reason"] or "").strip()))
+    return out
+
+
+def format_table(runs: list[ScriptRun]) -> str:
+    header = f"{'scheduler':<12} {'script':<22} {'result':<7} {'ok':>4} {'fail':>4} {'skip':>4} {'ign':>4} {'time':>7}"
+    lines = [header, "-" * len(header)]
+    for r in runs:
+        lines.append(f"{r.scheduler:<12} {r.script:<22} {r.status:<7} {r.count('pass'):>4} {r.count('fail'):>4} "
+                     f"{r.count('skip'):>4} {r.count('ignored'):>4} {r.seconds:>6.0f}s"
+                     + (f"  {r.error}" if r.error else ""))
+    return "\n".join(lines)
+
+
+def write_junit(runs: list[ScriptRun], path: Path) -> None:
+    suites = ET.Element("testsuites")
+    for r in runs:
+        suite = ET.SubElement(suites, "testsuite", name=f"{r.scheduler}.{r.script}", time=f"{r.seconds:.1f}",
+                              tests=str(max(1, len(r.subtests))), failures=str(r.count("fail")),
+                              skipped=str(r.count("skip")), errors="1" if r.status == "error" else "0")
+        cases = r.subtests or [Subtest(0, r.script, {"pass": "pass", "skip": "skip"}.get(r.status, "fail"),
+                                       r.error)]
+        for s in cases:
+            case = ET.SubElement(suite, "testcase", classname=f"{r.scheduler}.{r.script}",
+                                 name=f"{s.number:02d} {s.description}")
+            if s.status == "fail":
+                ET.SubElement(case, "failure", message=s.reason or "not ok")
+            elif s.status in ("skip", "ignored"):
+                ET.SubElement(case, "skipped", message=s.reason or s.status)
+        if r.status == "error":
+            ET.SubElement(suite, "error", message=r.error or "killed at the timeout")
+    tmp = path.with_name(f".{path.name}.tmp")
+    ET.ElementTree(suites).write(tmp, encoding="unicode", xml_declaration=True)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- host: install the scripts
+
+
+def scripts_in(install_dir: Path) -> list[str]:
+    """The test scripts of the installed directory (TEST_PROGS, as kselftest lists them)."""
+    listed = install_dir / "kselftest-list.txt"
+    names = []
+    if listed.is_file():
+        for line in listed.read_text().splitlines():
+            collection, _, name = line.partition(":")
+            if collection == MPTCP_SUBDIR and name.endswith(".sh"):
+                names.append(name)
+    return sorted(set(names))
+
+
+def resolve_scripts(requested: list[str] | None, available: list[str]) -> list[str]:
+    if not requested:
+        return available
+    out = []
+    for name in requested:
+        full = name if name.endswith(".sh") else f"{name}.sh"
+        if full not in available:
+            raise UsageError(f"no selftest {name!r} in this tree (has: {', '.join(available)})")
+        out.append(full)
+    return out
+
+
+def script_timeout(install_dir: Path) -> int:
+    settings = install_dir / MPTCP_SUBDIR / "settings"
+    if settings.is_file():
+        m = re.search(r"^timeout=(\d+)", settings.read_text(), re.M)
+        if m:
+            return int(m.group(1))
+    return DEFAULT_SCRIPT_TIMEOUT
+
+
+def _tree_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def install(tree: Path, build_dir: Path, log=None) -> Path:
+    """Build and install the tree's net/mptcp selftests into the cache (once per content)."""
+    selftests = tree / SELFTESTS_SUBDIR
+    if not (selftests / MPTCP_SUBDIR).is_dir():
+        raise UsageError(f"{tree} has no {SELFTESTS_SUBDIR}/{MPTCP_SUBDIR}: not a kernel tree with MPTCP selftests")
+    key = hashlib.sha256("|".join([_tree_digest(selftests / MPTCP_SUBDIR), _tree_digest(selftests / "net/lib"),
+                                    (selftests / "net/lib.sh").read_bytes().hex()[:64], str(tree)])
+                         .encode()).hexdigest()[:16]
+    dest = cache_dir() / "selftests" / key
+    if (dest / ".complete").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    out = log or sys.stderr
+    print(f"bpfkit: building {SELFTESTS_SUBDIR}/{MPTCP_SUBDIR} of {tree} (once)", file=sys.stderr)
+    jobs = f"-j{os.cpu_count() or 1}"
+    steps = [
+        # the helpers include the UAPI headers of this tree, installed into its build dir
+        ["make", "-C", str(tree), f"O={build_dir}", jobs, "headers"],
+        ["make", "-C", str(selftests), f"O={build_dir}", jobs, f"TARGETS={MPTCP_SUBDIR}",
+         f"INSTALL_PATH={dest}", "install"],
+    ]
+    for cmd in steps:
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out.write(result.stdout[-4000:] if result.returncode else "")
+        if result.returncode != 0:
+            raise BpfkitError(f"building the MPTCP selftests failed: {' '.join(cmd)} (exit {result.returncode})",
+                              hint="the last lines are above; the apt list in the Makefile has the tools they need")
+    if not scripts_in(dest):
+        raise BpfkitError(f"the selftests install in {dest} lists no {MPTCP_SUBDIR} scripts")
+    (dest / ".complete").write_text(str(tree) + "\n")
+    return dest
+
+
+# ---------------------------------------------------------------- guest: run them
+
+IP_WRAPPER = """#!/bin/sh
+# bpfkit vm selftests: select the scheduler under test in every netns a script adds.
+"{real_ip}" "$@" || exit $?
+if [ "$1" = netns ] && [ "$2" = add ] && [ $# -eq 3 ]; then
+	if ! "{real_ip}" netns exec "$3" sysctl -qw net.mptcp.scheduler="$BPFKIT_SELFTEST_SCHEDULER"; then
+		echo "bpfkit: cannot select $BPFKIT_SELFTEST_SCHEDULER in netns $3" >&2
+		"{real_ip}" netns del "$3"
+		exit 1
+	fi
+	echo "$3" >> "$BPFKIT_SELFTEST_NETNS_LOG"
+fi
+"""
+
+
+def _write_wrapper(directory: Path) -> Path:
+    real_ip = shutil.which("ip")
+    if not real_ip:
+        raise BpfkitError("`ip` (iproute2) is not installed in the guest")
+    if '"' in real_ip or "$" in real_ip or "`" in real_ip:
+        raise BpfkitError(f"unexpected path for ip: {real_ip!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "ip"
+    wrapper.write_text(IP_WRAPPER.format(real_ip=real_ip))
+    wrapper.chmod(0o755)
+    return directory
+
+
+def run_plan(plan: dict) -> list[ScriptRun]:
+    """In the guest: for each scheduler, load it (not `default`), run each script, unload."""
+    from bpfkit import sched
+
+    install_dir = Path(plan["install_dir"])
+    out_dir = Path(plan["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapper_dir = _write_wrapper(out_dir / "bin")
+    script_dir = install_dir / MPTCP_SUBDIR
+    runs: list[ScriptRun] = []
+    for spec in plan["schedulers"]:
+        loaded = None
+        try:
+            if spec != sched.DEFAULT:
+                loaded = sched.load(spec).record.name
+            name = loaded or sched.DEFAULT
+        except BpfkitError as exc:
+            for script in plan["scripts"]:
+                runs.append(ScriptRun(spec, script, None, 0.0, [], "", error=f"load failed: {exc.message}"))
+            continue
+        try:
+            for script in plan["scripts"]:
+                runs.append(_run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"]))
+                _save(runs, out_dir)
+        finally:
+            if loaded:
+                sched.unload(loaded, force=True)
+    _save(runs, out_dir)
+    return runs
+
+
+def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper_dir: Path,
+                timeout: float) -> ScriptRun:
+    log = out_dir / f"{name}.{script}.log"
+    netns_log = out_dir / f"{name}.{script}.netns"
+    netns_log.unlink(missing_ok=True)
+    env = dict(os.environ, PATH=f"{wrapper_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+               BPFKIT_SELFTEST_SCHEDULER=name, BPFKIT_SELFTEST_NETNS_LOG=str(netns_log))
+    print(f"bpfkit: {name}: {script} ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(script_dir / script)], cwd=script_dir, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            code = None
+    seconds = time.monotonic() - start
+    text = log.read_text(errors="replace")
+    netns = len(netns_log.read_text().split()) if netns_log.exists() else 0
+    error = ""
+    if code is None:
+        error = f"killed after {timeout:.0f}s"
+    elif netns == 0 and name != "default" and code != KSFT_SKIP:
+        error = "the script created no netns through `ip netns add`: the scheduler was never selected"
+    run = ScriptRun(name, script, code, seconds, parse_tap(text), str(log), netns, error)
+    print(f"bpfkit: {name}: {script}: {run.status} ({run.count('pass')} ok, {run.count('fail')} failed, "
+          f"{run.count('skip')} skipped) in {seconds:.0f}s", file=sys.stderr, flush=True)
+    return run
+
+
+def _save(runs: list[ScriptRun], out_dir: Path) -> None:
+    tmp = out_dir / ".results.json.tmp"
+    tmp.write_text(json.dumps([r.to_dict() for r in runs], indent=2))
+    os.replace(tmp, out_dir / "results.json")
+
+
+def load_results(out_dir: Path) -> list[ScriptRun]:
+    try:
+        return [ScriptRun.from_dict(d) for d in json.loads((out_dir / "results.json").read_text())]
+    except FileNotFoundError:
+        return []
+
+
+def main(argv: list[str]) -> int:
+    """Guest entry: python -m bpfkit.selftests PLAN.json"""
+    plan = json.loads(Path(argv[0]).read_text())
+    runs = run_plan(plan)
+    return 0 if runs and all(r.status in ("pass", "skip") for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

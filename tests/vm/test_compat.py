@@ -1,0 +1,181 @@
+"""Schedulers written elsewhere, on bpfkit's kernel (issue 13).
+
+tests/bpf/compat/ holds schedulers written the way mptcp_net-next's export
+selftests and OpenMPTCProuter's packages write theirs: their own export-style
+headers (tests/bpf/compat/include/, never bpfkit's mptcp_sched.h), <limits.h>,
+weak iterator kfuncs, the older `struct mptcp_sock *` iterator form, a sleepable
+get_retrans() calling mptcp_pm_subflow_chk_stale(), and the earlier export
+generation's bpf_mptcp_subflow_queues_empty().  Each must register, be
+selectable by sysctl and carry a verified two-path transfer with the behaviour
+its name promises; the one that passes the subflow *socket* to
+bpf_sk_stream_memory_free() (the earlier API) must fail with one error that
+says what to write instead.  Also: prebuilt objects (`sched load X.o`) and
+schedulers registered by another loader (`sched list`, `unload --force`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import pytest
+
+from bpfkit import build, libbpf, sched
+from tests.vm.test_sched_kernel import Pair, sh  # noqa: F401
+from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, report, transfer
+
+pytestmark = pytest.mark.vm
+
+COMPAT = Path(__file__).resolve().parent.parent / "bpf" / "compat"
+INCLUDE = COMPAT / "include"
+
+
+def compat_object(name: str) -> Path:
+    return build.compile_bpf(COMPAT / f"{name}.bpf.c", include_dirs=[INCLUDE]).path
+
+
+@contextlib.contextmanager
+def loaded(name: str):
+    rec = sched.load(str(COMPAT / f"{name}.bpf.c"), include_dirs=[INCLUDE]).record
+    try:
+        yield rec.name
+    finally:
+        if sched.link_pin(rec.name).exists():
+            sched.unload(rec.name, force=True)
+
+
+@pytest.fixture
+def pair():
+    with Pair() as p:
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    yield
+    leftovers = sched.pinned_names()
+    for name in leftovers:
+        sched.unload(name, force=True)
+    assert not leftovers, f"schedulers left pinned: {leftovers}"
+    stray = [n for n in sched.available() if n.startswith("compat_")]
+    assert not stray, f"still registered: {stray}"
+
+
+def both_used(res, floor: float = 0.2) -> None:
+    assert res.share(1) >= floor and res.share(2) >= floor, res.by_id
+
+
+CASES = {
+    # name: (what the equal-path transfer must show, its check)
+    "first": ("every byte on the first subflow", lambda r: r.share(1) >= 0.95 and r.share(2) <= 0.05),
+    "rr": ("round robin: both subflows carry a fair part", lambda r: r.share(1) >= 0.2 and r.share(2) >= 0.2),
+    "red": ("every subflow marked: sequential data on both", lambda r: r.share(1) >= 0.2 and r.share(2) >= 0.2),
+    "burst": ("lowest RTT with room, in bursts: a verified transfer on two subflows",
+              lambda r: r.share(1) + r.share(2) >= 1.0),
+    "weighted": ("3:1 turns: subflow 1 carries more, subflow 2 some",
+                 lambda r: r.share(1) > r.share(2) and r.share(2) >= 0.05),
+    "idle": ("an idle subflow first: both carry data", lambda r: r.share(1) >= 0.05 and r.share(2) >= 0.05),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_export_and_omr_style_scheduler_loads_and_behaves(pair, name):
+    promise, check = CASES[name]
+    with loaded(name) as kernel_name:
+        assert kernel_name == f"compat_{'wrr' if name == 'weighted' else name}"
+        assert kernel_name in sched.available()
+        pair.set_scheduler(kernel_name)
+        assert pair.sysctl("net.mptcp.scheduler") == kernel_name
+        res = transfer(pair, 4 * MiB)
+    res.assert_intact()
+    report(f"compat {name}", res)
+    assert set(res.by_id) == {1, 2}, res.by_id
+    assert check(res), f"{name}: expected {promise}; got {res.by_id}"
+
+
+def test_backup_style_keeps_data_off_the_backup_path(pair):
+    sh("ip", "-n", pair.srv, "mptcp", "endpoint", "flush")
+    sh("ip", "-n", pair.srv, "mptcp", "endpoint", "add", "10.0.2.1", "dev", "s2", "signal", "backup")
+    with loaded("backup") as kernel_name:
+        pair.set_scheduler(kernel_name)
+        res = transfer(pair, 3 * MiB)
+    res.assert_intact()
+    report("compat backup, path 2 backup", res)
+    assert res.share(1) >= 0.9, res.by_id
+
+
+def test_sleepable_get_retrans_recovers_a_blackholed_path(pair):
+    """burst's get_retrans is SEC("struct_ops.s") and calls the KF_SLEEPABLE
+    mptcp_pm_subflow_chk_stale(): path 2 goes dark after 1 MiB, retransmissions
+    (through that program) must move its data to path 1."""
+    done = {}
+
+    def blackhole(sent: int) -> None:
+        if not done and sent >= MiB:
+            netem(pair, "c2", "loss 100%")
+            done["at"] = sent
+
+    with loaded("burst") as kernel_name:
+        pair.set_scheduler(kernel_name)
+        res = transfer(pair, 3 * MiB, on_progress=blackhole, settle_timeout=2)
+    res.assert_intact()
+    report("compat burst, path 2 blackholed", res)
+    assert done, "path 2 was never blackholed"
+
+
+def test_subflow_socket_to_memory_free_is_one_clear_error():
+    before = sched.available()
+    r = bpfkit_cli("sched", "load", "-I", str(INCLUDE), str(COMPAT / "ssk_memfree.bpf.c"))
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert "bpf_sk_stream_memory_free(subflow)" in r.stderr and "subflow context" in r.stderr, r.stderr
+    assert sched.available() == before
+    assert not (sched.PIN_DIR / "compat_memfree").exists()
+
+
+def test_prebuilt_object_loads_pinned_like_a_source():
+    obj = compat_object("first")
+    r = bpfkit_cli("sched", "load", str(obj))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert "compat_first" in sched.available()
+        assert sched.link_pin("compat_first").exists()
+        r = bpfkit_cli("sched", "show", "compat_first")
+        assert r.returncode == 0 and str(obj) in r.stdout, r.stdout
+        r = bpfkit_cli("sched", "load", str(obj))  # the same object again: idempotent
+        assert r.returncode == 0 and "already loaded" in r.stdout, r.stdout
+    finally:
+        r = bpfkit_cli("sched", "unload", "compat_first")
+    assert r.returncode == 0, r.stderr
+    assert "compat_first" not in sched.available()
+
+
+def test_prebuilt_object_with_bad_flags_or_no_scheduler_is_refused(tmp_path):
+    r = bpfkit_cli("sched", "load", str(compat_object("first")), "--cflags=-DX")
+    assert r.returncode == 2 and "already built" in r.stderr, r.stderr
+    probes = build.compile_bpf(build.bpf_source("probes")).path
+    r = bpfkit_cli("sched", "load", str(probes))
+    assert r.returncode == 2 and "no `struct mptcp_sched_ops` map" in r.stderr, r.stderr
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"not an ELF file")
+    r = bpfkit_cli("sched", "load", str(junk))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_scheduler_of_another_loader_is_listed_and_only_forced_out():
+    obj = libbpf.open_object(compat_object("first"))
+    link = obj.map("first").attach_struct_ops()  # registered, not pinned: like bpftool would
+    try:
+        r = bpfkit_cli("sched", "list")
+        assert re.search(r"registered by other loaders \(not bpfkit's\): .*compat_first", r.stdout), r.stdout
+        r = bpfkit_cli("sched", "unload", "compat_first")
+        assert r.returncode == 2 and "not by bpfkit" in r.stderr and "--force" in r.stderr, r.stderr
+        assert "compat_first" in sched.available()
+        r = bpfkit_cli("sched", "unload", "compat_first", "--force")
+        assert r.returncode == 0, r.stderr
+        assert "compat_first" not in sched.available()
+    finally:
+        with contextlib.suppress(Exception):
+            link.detach()
+        obj.close()
