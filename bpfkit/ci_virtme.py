@@ -23,7 +23,6 @@ image's vocabulary — see `image_exit_code`.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 import subprocess
@@ -33,6 +32,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpfkit import fs
 from bpfkit.errors import UsageError
 from bpfkit.paths import TEMPLATES_DIR
 
@@ -182,10 +182,7 @@ def render_hooks(dest: Path, *, force: bool = False, bpfkit_src: str = DEFAULT_B
               "python": python or f"{venv}/bin/python"}
     texts = [env.get_template(template).render(**values) for template in HOOK_FILES.values()]
     for target, text in zip(targets, texts):  # rendered first: no half-written pair
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
+        fs.atomic_write(target, text, 0o755)
     return targets
 
 

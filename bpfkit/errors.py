@@ -26,6 +26,12 @@ class MissingDependency(BpfkitError):
     exit_code = 3
 
 
+class UnsafePath(BpfkitError):
+    """A directory or file bpfkit would use as root could be controlled by another user."""
+
+    exit_code = 2
+
+
 class BuildError(BpfkitError):
     """A BPF C file did not compile; message holds `file:line: message` lines."""
 

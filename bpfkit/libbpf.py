@@ -740,8 +740,15 @@ _KFUNC_API_CHANGES = {
 }
 
 
+_UNTRUSTED_ARG = re.compile(r"arg#\d+ is untrusted_ptr_")
+
+
 def _verifier_hint(log: str) -> str | None:
     """What to write instead, for rejections that come from an API difference."""
+    if _UNTRUSTED_ARG.search(log):
+        return ("a pointer read from a struct field is untrusted in a sleepable program (SEC(\"struct_ops.s\")), "
+                "and kfuncs refuse it: get the subflow socket with bpf_mptcp_subflow_tcp_sock(subflow) instead "
+                "of subflow->tcp_sock")
     m = _KFUNC_ARG_TYPE.search(log)
     if not m:
         return None
@@ -778,7 +785,8 @@ def ensure_bpffs(root: Path = Path("/sys/fs/bpf")) -> None:
     if fs.magic(root) == fs.BPF_FS_MAGIC:
         return
     root.mkdir(parents=True, exist_ok=True)
-    ret = _libc.mount(b"bpffs", str(root).encode(), b"bpf", 0, None)
+    # mode=0700 as systemd mounts it; the kernel's default (01777) lets any user create there
+    ret = _libc.mount(b"bpffs", str(root).encode(), b"bpf", 0, b"mode=0700")
     if ret != 0:
         err = ctypes.get_errno()
         raise AttachError(f"mounting bpffs at {root}: {_strerror(err)}", hint="run as root")
@@ -980,5 +988,5 @@ class KernelBtf:
         self.close()
 
 
-_libc.mount.argtypes = [c_char_p, c_char_p, c_char_p, ctypes.c_ulong, c_void_p]
+_libc.mount.argtypes = [c_char_p, c_char_p, c_char_p, ctypes.c_ulong, c_char_p]
 _libc.mount.restype = c_int

@@ -41,7 +41,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfkit import cgroup, libbpf
+from bpfkit import cgroup, fs, libbpf
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, LoadError, UsageError
 from bpfkit.paths import PIN_ROOT, TEMPLATES_DIR
 
@@ -221,8 +221,8 @@ def _locked():
     """Exclusive lock between bpfkit processes touching PIN_DIR (released by
     the kernel if we die). PIN_ROOT is never removed, so it is safe to lock."""
     libbpf.ensure_bpffs()
-    PIN_ROOT.mkdir(parents=True, exist_ok=True)
-    fd = os.open(PIN_ROOT, os.O_RDONLY | os.O_DIRECTORY)
+    fs.private_dir(PIN_ROOT)
+    fd = os.open(PIN_ROOT, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         _step("locked")
@@ -611,9 +611,7 @@ def _save_state(root: Path, attachments: list[dict]) -> None:
             path.unlink()
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, "attachments": attachments}, indent=2) + "\n")
-    os.replace(tmp, path)
+    fs.atomic_write(path, json.dumps({"version": 1, "attachments": attachments}, indent=2) + "\n", 0o600)
 
 
 def _relative_cgroup(cg: Path) -> str:
@@ -742,9 +740,7 @@ def enable(unit: str, options: Options = Options(), *, root: Path = Path("/"), n
     text = render_dropin(unit, options)
     path = dropin_path(unit, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fs.atomic_write(path, text)
     result = EnableResult(unit, path, _daemon_reload(root))
     if not result.reloaded:
         result.notes.append("systemd is not running here (or --root given): no daemon-reload done")

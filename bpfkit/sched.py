@@ -41,7 +41,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UsageError
+from bpfkit import fs
+from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UnsafePath, UsageError
 from bpfkit.paths import BPF_DIR, PIN_ROOT, cache_dir
 
 SCHED_DIR = BPF_DIR / "sched"
@@ -347,9 +348,12 @@ def _run_dir() -> Path:
     without its pin is ignored and overwritten, so outliving a reboot is harmless."""
     for d in (RUN_DIR, cache_dir() / "sched-records"):
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fs.private_dir(d)
             if os.access(d, os.W_OK):
                 return d
+        except UnsafePath:
+            raise
         except OSError:
             continue
     raise BpfkitError(f"no writable directory for scheduler records ({RUN_DIR})")
@@ -368,9 +372,7 @@ def _read_record(name: str) -> Record | None:
 
 
 def _write_record(rec: Record) -> None:
-    tmp = _record_path(rec.name).with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(rec), indent=2))
-    os.replace(tmp, _record_path(rec.name))
+    fs.atomic_write(_record_path(rec.name), json.dumps(asdict(rec), indent=2), 0o600)
 
 
 def pinned_names() -> list[str]:
@@ -384,9 +386,12 @@ def pinned_names() -> list[str]:
 @contextlib.contextmanager
 def _lock():
     """One bpfkit sched load/unload at a time (pins and records change together)."""
-    with open(_run_dir() / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    fd = fs.lock_file(_run_dir() / ".lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -458,6 +463,9 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None,
         link = None
         try:
             link = obj.map(chosen.var).attach_struct_ops()
+            libbpf.ensure_bpffs()
+            fs.private_dir(PIN_ROOT)
+            fs.private_dir(PIN_DIR)
             link.pin(link_pin(name))
             program_ids = {p.name: p.id for p in obj.programs.values() if _autoloaded(p)}
             rec = Record(name=name, source=str(source), object=str(object_path), object_sha256=sha,

@@ -33,6 +33,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from bpfkit import fs
 from bpfkit.errors import BpfkitError, UsageError
 from bpfkit.paths import cache_dir
 
@@ -140,9 +141,7 @@ def write_junit(runs: list[ScriptRun], path: Path) -> None:
                 ET.SubElement(case, "skipped", message=s.reason or s.status)
         if r.status == "error":
             ET.SubElement(suite, "error", message=r.error or "killed at the timeout")
-    tmp = path.with_name(f".{path.name}.tmp")
-    ET.ElementTree(suites).write(tmp, encoding="unicode", xml_declaration=True)
-    os.replace(tmp, path)
+    fs.atomic_write(path, ET.tostring(suites, encoding="unicode", xml_declaration=True))
 
 
 # ---------------------------------------------------------------- host: install the scripts
@@ -317,9 +316,7 @@ def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper
 
 
 def _save(runs: list[ScriptRun], out_dir: Path) -> None:
-    tmp = out_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps([r.to_dict() for r in runs], indent=2))
-    os.replace(tmp, out_dir / "results.json")
+    fs.atomic_write(out_dir / "results.json", json.dumps([r.to_dict() for r in runs], indent=2))
 
 
 def load_results(out_dir: Path) -> list[ScriptRun]:

@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfkit import build, cgroup as cgroups, libbpf
+from bpfkit import build, cgroup as cgroups, fs, libbpf
 from bpfkit import subflow_policy as sp
 from bpfkit.errors import BpfkitError
 
@@ -178,8 +178,9 @@ def _locked():
     see "nothing pinned" and attach twice. flock works on a bpffs directory."""
     libbpf.ensure_bpffs()
     while True:
-        PIN_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(PIN_DIR, os.O_RDONLY | os.O_DIRECTORY)
+        fs.private_dir(libbpf.PIN_ROOT)
+        fs.private_dir(PIN_DIR)
+        fd = os.open(PIN_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         fcntl.flock(fd, fcntl.LOCK_EX)
         # the last holder removes the directory once no policy is left (below):
         # a lock taken on a directory removed meanwhile locks nothing, take it again

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from bpfkit import fs
 from bpfkit.errors import BpfkitError, KernelUnsupported, UsageError
 from bpfkit.lab.metrics import subflow_series
 from bpfkit.lab.scenario import Event, Scenario
@@ -359,9 +360,7 @@ def run_scenario(
 def write_results(doc: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    fs.atomic_write(path, json.dumps(doc, indent=1))
     return path
 
 

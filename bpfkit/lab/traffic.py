@@ -36,9 +36,8 @@ import socket
 import struct
 import sys
 import time
-from pathlib import Path
 
-from bpfkit import mptcp_sockopt
+from bpfkit import fs, mptcp_sockopt
 from bpfkit.lab.metrics import Sampler, counter_delta, read_mptcp_counters
 
 PERIOD = 1_048_573  # the largest prime below 2**20
@@ -456,9 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         side.result["mptcp_counters"] = counter_delta(counters_before, read_mptcp_counters())
         side.result["kernel"] = os.uname().release
-        tmp = Path(args.result + ".tmp")
-        tmp.write_text(json.dumps(side.result))
-        tmp.replace(args.result)
+        fs.atomic_write(args.result, json.dumps(side.result))
     return 0 if side.result["ok"] else 1
 
 

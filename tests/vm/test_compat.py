@@ -75,7 +75,10 @@ CASES = {
               lambda r: r.share(1) + r.share(2) >= 1.0),
     "weighted": ("3:1 turns: subflow 1 carries more, subflow 2 some",
                  lambda r: r.share(1) > r.share(2) and r.share(2) >= 0.05),
-    "idle": ("an idle subflow first: both carry data", lambda r: r.share(1) >= 0.05 and r.share(2) >= 0.05),
+    # equal fast paths: subflow 1 is idle again most of the time; what shows the kfunc at work is that
+    # subflow 2 gets the data that found subflow 1 busy (a first-subflow scheduler gives it none)
+    "idle": ("an idle subflow first: subflow 2 takes what finds subflow 1 busy",
+             lambda r: r.by_id.get(2, 0) > 0 and r.share(1) >= 0.05),
 }
 
 

@@ -11,9 +11,11 @@ extern void mptcp_pm_subflow_chk_stale(const struct mptcp_sock *msk, struct sock
 
 __u64 retrans_calls;
 
-static __always_inline __u32 srtt_of(struct mptcp_subflow_context *subflow)
+/* ssk from bpf_mptcp_subflow_tcp_sock(): in the sleepable get_retrans() a
+ * pointer read from subflow->tcp_sock is untrusted, and helpers refuse it */
+static __always_inline __u32 srtt_of(struct sock *ssk)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(mptcp_subflow_tcp_sock(subflow));
+	struct tcp_sock *tp = ssk ? bpf_skc_to_tcp_sock(ssk) : NULL;
 
 	return tp ? tp->srtt_us : UINT_MAX;
 }
@@ -29,7 +31,7 @@ int BPF_PROG(burst_get_send, struct mptcp_sock *msk)
 
 		if (!mptcp_subflow_active(subflow) || !bpf_sk_stream_memory_free(subflow))
 			continue;
-		srtt = srtt_of(subflow);
+		srtt = srtt_of(bpf_mptcp_subflow_tcp_sock(subflow));
 		if (!pick || srtt < best) {
 			pick = subflow;
 			best = srtt;
@@ -50,13 +52,15 @@ int BPF_PROG(burst_get_retrans, struct mptcp_sock *msk)
 
 	__sync_fetch_and_add(&retrans_calls, 1);
 	bpf_for_each(mptcp_subflow, subflow, (struct sock *)msk) {
-		struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
+		struct sock *ssk = bpf_mptcp_subflow_tcp_sock(subflow);
 		__u32 srtt;
 
+		if (!ssk)
+			continue;
 		mptcp_pm_subflow_chk_stale(msk, ssk);
 		if (!mptcp_subflow_active(subflow))
 			continue;
-		srtt = srtt_of(subflow);
+		srtt = srtt_of(ssk);
 		if (!pick || srtt < best) {
 			pick = subflow;
 			best = srtt;

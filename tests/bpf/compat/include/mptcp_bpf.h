@@ -28,6 +28,10 @@ mptcp_subflow_tcp_sock(const struct mptcp_subflow_context *subflow)
 	return subflow->tcp_sock;
 }
 
+/* The same through the kfunc: its result is a pointer a sleepable program may
+ * pass on (a pointer read from a struct there is untrusted). */
+extern struct sock *
+bpf_mptcp_subflow_tcp_sock(const struct mptcp_subflow_context *subflow) __ksym;
 extern void mptcp_subflow_set_scheduled(struct mptcp_subflow_context *subflow,
 					bool scheduled) __ksym;
 extern struct mptcp_subflow_context *
