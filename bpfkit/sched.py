@@ -244,6 +244,8 @@ def _in_netns(netns: str | None, fn):
     it, and setns(2) on a thread leaves the rest of the process alone."""
     if netns is None:
         return fn()
+    if not netns or "/" in netns or netns in (".", "..") or not netns.isprintable():
+        raise UsageError(f"invalid network namespace name {netns!r} (a name from `ip netns list`)")
     path = NETNS_DIR / netns
     if not path.exists():
         raise UsageError(f"no network namespace {netns!r} (looked for {path})",

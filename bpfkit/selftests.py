@@ -331,8 +331,9 @@ def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper
     log = out_dir / f"{name}.{script}.log"
     netns_log = out_dir / f"{name}.{script}.netns"
     netns_log.unlink(missing_ok=True)
-    env = dict(os.environ, PATH=f"{wrapper_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
-               BPFKIT_SELFTEST_SCHEDULER=name, BPFKIT_SELFTEST_NETNS_LOG=str(netns_log))
+    env = dict(os.environ, BPFKIT_SELFTEST_SCHEDULER=name, BPFKIT_SELFTEST_NETNS_LOG=str(netns_log))
+    if name != "default":  # a new netns starts on "default": no wrapper (an extra sh per `ip` call) needed
+        env["PATH"] = f"{wrapper_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     print(f"bpfkit: {name}: {script} ...", file=sys.stderr, flush=True)
     start = time.monotonic()
     with open(log, "w") as f:

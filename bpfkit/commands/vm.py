@@ -52,6 +52,10 @@ def register(subparsers) -> None:
     st.add_argument("--kernel", type=Path, metavar="TREE",
                     help="a kernel source tree: build it as-is and run its own selftests (default: Debian's "
                          "linux-source + vm/patches)")
+    st.add_argument("--image", type=Path, metavar="BZIMAGE",
+                    help="boot this kernel image instead (e.g. Debian's /boot/vmlinuz-6.12.*-amd64, modules from "
+                         "/lib/modules), with the selftests of Debian's linux-source: the same scripts on a kernel "
+                         "without bpfkit's series, to attribute a failure (default scheduler only)")
     st.add_argument("--flavour", choices=sorted(kbuild.FLAVOURS), default="default")
     st.add_argument("--script-timeout", type=float, metavar="S",
                     help="per script (default: the directory's kselftest `settings`)")
@@ -80,7 +84,14 @@ def handle_selftests(args) -> int:
     schedulers = _names(args.scheduler)
     if not schedulers:
         raise UsageError("--scheduler: give at least one name (e.g. default,minrtt)")
+    if args.image and args.kernel:
+        raise UsageError("--image and --kernel exclude each other")
+    if args.image and schedulers != [sched.DEFAULT]:
+        raise UsageError("--image boots a kernel without bpfkit's series: only --scheduler default runs there")
+    if args.image and not args.image.is_file():
+        raise UsageError(f"--image {args.image}: no such file")
     kernel = kbuild.build_kernel(source=args.kernel, flavour=args.flavour, progress=True)
+    bzimage = args.image.resolve() if args.image else kernel.bzimage
     for spec in schedulers:  # compiled on the host: clang under TCG in the guest is slow
         if spec != sched.DEFAULT:
             source = sched.resolve_source(spec)
@@ -99,7 +110,7 @@ def handle_selftests(args) -> int:
     plan_file.write_text(json.dumps(plan, indent=2))
     budget = timeout * len(scripts) * len(schedulers) + 120
     try:
-        vm.run([sys.executable, "-m", "bpfkit.selftests", str(plan_file)], kernel=kernel.bzimage, timeout=budget,
+        vm.run([sys.executable, "-m", "bpfkit.selftests", str(plan_file)], kernel=bzimage, timeout=budget,
                rwdirs=[out_dir], capture=False)
     except VmError as exc:
         print(f"bpfkit: the VM ended early: {exc.message}", file=sys.stderr)
@@ -109,7 +120,7 @@ def handle_selftests(args) -> int:
     if args.junit:
         selftests.write_junit(runs, args.junit)
     if args.json:
-        print(json.dumps({"kernel": str(kernel.dir), "tree": str(tree), "results": str(out_dir),
+        print(json.dumps({"kernel": str(bzimage), "tree": str(tree), "results": str(out_dir),
                           "runs": [r.to_dict() for r in runs]}, indent=2))
     else:
         print(selftests.format_table(runs))

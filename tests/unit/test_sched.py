@@ -176,3 +176,9 @@ def test_cli_bad_name_is_one_error(capsys):
     assert cli.main(["sched", "load", "nosuch"]) == UsageError.exit_code
     err = capsys.readouterr().err
     assert err.count("bpfkit: error:") == 1 and "no built-in scheduler named 'nosuch'" in err
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", "", "bad\x1b[2J"])
+def test_netns_names_that_are_not_names_are_refused(name):
+    with pytest.raises(UsageError, match="invalid network namespace name"):
+        sched.selected(name)
