@@ -82,14 +82,16 @@ test-vm-debug: setup
 	$(BPFKIT) build --kernel vm-debug $(COMPAT_BPF) >/dev/null
 	$(BPFKIT) vm run --flavour debug --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_EXPECT_LOCKDEP=1 $(PYTEST) -m vm --durations=10 $(VM_DEBUG_TESTS)
 
-# Upstream's MPTCP selftests of the kernel's own source, per scheduler (bpfkit vm selftests):
-# simult_flows for default and the four reference schedulers; the functional scripts for
-# default and one BPF scheduler. test-selftests-full runs every script for every scheduler.
+# Upstream's MPTCP selftests of the kernel's own source, per scheduler (bpfkit vm selftests).
+# In `make test`: simult_flows (the script a scheduler decides) for default and the four reference
+# schedulers, mptcp_sockopt for default and minrtt. Measured under TCG (2026-12-03): simult_flows
+# 220-230 s per scheduler, mptcp_sockopt 110 s, pm_netlink 290 s, diag 330 s, mptcp_connect > 30 min,
+# so the rest of the matrix is test-selftests-full. Known failures: tests/selftests-known.toml.
 SELFTEST_SCHEDULERS := default,minrtt,redundant,blest,ecf
+SELFTESTS := $(BPFKIT) vm selftests --known tests/selftests-known.toml
 test-selftests: setup
-	$(BPFKIT) vm selftests --scheduler $(SELFTEST_SCHEDULERS) --tests simult_flows --junit selftests-simult.xml
-	$(BPFKIT) vm selftests --scheduler default,minrtt --tests mptcp_connect,diag,mptcp_sockopt,pm_netlink \
-		--junit selftests-functional.xml
+	$(SELFTESTS) --scheduler $(SELFTEST_SCHEDULERS) --tests simult_flows --junit selftests-simult.xml
+	$(SELFTESTS) --scheduler default,minrtt --tests mptcp_sockopt --junit selftests-sockopt.xml
 
 test-selftests-full: setup
-	$(BPFKIT) vm selftests --scheduler $(SELFTEST_SCHEDULERS) --junit selftests-full.xml
+	$(SELFTESTS) --scheduler $(SELFTEST_SCHEDULERS) --junit selftests-full.xml
