@@ -192,11 +192,19 @@ def _split(value, what: str, example: str) -> tuple[float, str]:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _Invalid(f"expected {what} like {example!r}, got {value!r}")
     if not isinstance(value, str):
-        return float(value), ""
-    match = _QUANTITY.match(value)
-    if not match:
-        raise _Invalid(f"expected {what} like {example!r}, got {value!r}")
-    return float(match.group(1)), match.group(2).lower()
+        number, unit = float(value), ""
+    else:
+        match = _QUANTITY.match(value)
+        if not match:
+            raise _Invalid(f"expected {what} like {example!r}, got {value!r}")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    # '1e400' parses to inf; no quantity of a scenario is anywhere near 1e15 of its unit
+    if not math.isfinite(number) or abs(number) > 1e15:
+        raise _Invalid(f"expected {what} like {example!r}, got {value!r} (out of range)")
+    return number, unit
+
+
+MAX_RATE = 100e9  # bit/s: far above what a veth in a (TCG) guest carries; netem takes up to u64 bytes/s
 
 
 def parse_rate(value) -> float:
@@ -206,7 +214,10 @@ def parse_rate(value) -> float:
         unit = unit[:-2]
     if unit not in _RATE_UNITS:
         raise _Invalid(f"unknown rate unit in {value!r} (use bit, kbit, mbit or gbit; e.g. '20mbit')")
-    return number * _RATE_UNITS[unit]
+    rate = number * _RATE_UNITS[unit]
+    if rate > MAX_RATE:
+        raise _Invalid(f"rate {value!r} is above {MAX_RATE / 1e9:g} gbit")
+    return rate
 
 
 def parse_time(value) -> float:
@@ -374,12 +385,18 @@ def _parse_path_params(c: _Checker, key: str, data: dict, current: dict) -> dict
     return out
 
 
+SCENARIO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def parse_scenario(data: dict, source: str = "<dict>", default_name: str = "scenario") -> Scenario:
     """Validate a scenario document (the parsed TOML) and return a Scenario."""
     c = _Checker(source)
     c.table(data, "", _TOP_KEYS, required={"duration", "paths", "traffic"})
 
     name = c.string("name", data.get("name", default_name))
+    if not SCENARIO_NAME.fullmatch(name):
+        # it names the results directory: no path separators, no leading dot, no control characters
+        c.fail("name", f"{name!r}: use letters, digits, '_', '-', '.', at most 64, starting with a letter or digit")
     description = c.string("description", data.get("description", ""))
     duration = c.positive("duration", c.value("duration", parse_time, data["duration"]))
     seed = c.integer("seed", data.get("seed", 1), 0)
@@ -544,6 +561,8 @@ def load_scenario(path: str | FilePath) -> Scenario:
         text = file.read_text()
     except OSError as exc:
         raise UsageError(f"cannot read scenario {file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
