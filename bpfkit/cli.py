@@ -47,14 +47,25 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: str) -> str:
+    """Text from files, names and the kernel, safe for a terminal: control characters other
+    than newline and tab (a name with an escape sequence, say) are shown escaped."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except BpfkitError as exc:
-        print(f"bpfkit: error: {exc}", file=sys.stderr)
+        print(f"bpfkit: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except PermissionError as exc:
+        # what a non-root user reaches first: /sys/fs/bpf, /proc/sys/net, a cgroup, a pin
+        where = f" ({printable(str(exc.filename))})" if exc.filename else ""
+        print(f"bpfkit: error: `bpfkit {args.command}` needs root: permission denied{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("bpfkit: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,25 @@
+"""The CLI's last line of defence: a permission problem (a non-root user) is one error and exit 2,
+and what it prints cannot carry terminal control sequences."""
+
+import pytest
+
+from bpfkit import cli
+from bpfkit.commands import build as build_command
+
+pytestmark = pytest.mark.unit
+
+
+def test_permission_denied_is_one_error_not_a_traceback(monkeypatch, capsys):
+    def handler(args):
+        raise PermissionError(13, "Permission denied", "/sys/fs/bpf/bpfkit")
+
+    monkeypatch.setattr(build_command, "handle", handler)
+    assert cli.main(["build", "x.bpf.c"]) == 2
+    err = capsys.readouterr().err
+    assert err == "bpfkit: error: `bpfkit build` needs root: permission denied (/sys/fs/bpf/bpfkit)\n"
+
+
+def test_control_characters_are_escaped_in_errors(capsys):
+    assert cli.main(["build", "--cflags=-o\x1b[2J", "x.bpf.c"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[2J" in err
