@@ -8,6 +8,7 @@ char _license[] SEC("license") = "GPL";
 
 extern bool bpf_sk_stream_memory_free(const struct mptcp_subflow_context *subflow) __ksym;
 extern void mptcp_pm_subflow_chk_stale(const struct mptcp_sock *msk, struct sock *ssk) __ksym;
+extern bool bpf_mptcp_subflow_queues_empty(struct sock *sk) __ksym;
 
 __u64 retrans_calls;
 
@@ -57,7 +58,10 @@ int BPF_PROG(burst_get_retrans, struct mptcp_sock *msk)
 
 		if (!ssk)
 			continue;
-		mptcp_pm_subflow_chk_stale(msk, ssk);
+		/* as the kernel's own retransmit picker: only a subflow with data
+		 * outstanding can be making no progress */
+		if (!bpf_mptcp_subflow_queues_empty(ssk))
+			mptcp_pm_subflow_chk_stale(msk, ssk);
 		if (!mptcp_subflow_active(subflow))
 			continue;
 		srtt = srtt_of(ssk);
