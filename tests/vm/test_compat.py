@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from bpfkit import build, libbpf, sched
-from tests.vm.test_sched_kernel import Pair, sh  # noqa: F401
-from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, report, transfer
+from tests.vm.test_sched_kernel import sh
+from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, pair, report, transfer  # noqa: F401 (pair: fixture)
 
 pytestmark = pytest.mark.vm
 
@@ -43,12 +43,6 @@ def loaded(name: str):
     finally:
         if sched.link_pin(rec.name).exists():
             sched.unload(rec.name, force=True)
-
-
-@pytest.fixture
-def pair():
-    with Pair() as p:
-        yield p
 
 
 @pytest.fixture(autouse=True)
