@@ -84,14 +84,15 @@ test-vm-debug: setup
 
 # Upstream's MPTCP selftests of the kernel's own source, per scheduler (bpfkit vm selftests).
 # In `make test`: simult_flows (the script a scheduler decides) for default and the four reference
-# schedulers, mptcp_sockopt for default and minrtt. Measured under TCG (2026-12-03): simult_flows
-# 220-230 s per scheduler, mptcp_sockopt 110 s, pm_netlink 290 s, diag 330 s, mptcp_connect > 30 min,
-# so the rest of the matrix is test-selftests-full. Known failures: tests/selftests-known.toml.
+# schedulers, mptcp_sockopt and diag for default and minrtt. Measured under TCG on an otherwise idle
+# machine (2026-12-03): simult_flows 145-230 s per scheduler, mptcp_sockopt 65 s, diag 85-106 s;
+# pm_netlink 290 s and mptcp_connect > 30 min (both with a kernel build running beside), so the rest
+# of the matrix is test-selftests-full. Known failures: tests/selftests-known.toml.
 SELFTEST_SCHEDULERS := default,minrtt,redundant,blest,ecf
 SELFTESTS := $(BPFKIT) vm selftests --known tests/selftests-known.toml
 test-selftests: setup
 	$(SELFTESTS) --scheduler $(SELFTEST_SCHEDULERS) --tests simult_flows --junit selftests-simult.xml
-	$(SELFTESTS) --scheduler default,minrtt --tests mptcp_sockopt --junit selftests-sockopt.xml
+	$(SELFTESTS) --scheduler default,minrtt --tests mptcp_sockopt,diag --junit selftests-functional.xml
 
 test-selftests-full: setup
 	$(SELFTESTS) --scheduler $(SELFTEST_SCHEDULERS) --junit selftests-full.xml
