@@ -665,7 +665,9 @@ class BpfObject:
             if logs:
                 prog, log = next(iter(logs.items()))
                 report = parse_verifier_log(prog, log)
-                raise VerifierError(f"{self.path.name}: {report.format()}", hint=_verifier_hint(log))
+                exc = VerifierError(f"{self.path.name}: {report.format()}", hint=_verifier_hint(log))
+                exc.log = log  # for callers that know the API (sched adds MPTCP kfunc advice)
+                raise exc
             raise LoadError(f"loading {self.path.name} failed: {_strerror(err)}" + _optional_details(cap.text),
                             hint=_load_hint(err, cap.text))
         self.loaded = True
@@ -728,33 +730,21 @@ class BpfObject:
         self.close()
 
 
-_KFUNC_ARG_TYPE = re.compile(r"kernel function (?P<fn>\w+) args#(?P<arg>\d+) expected pointer to STRUCT (?P<want>\w+) "
-                             r"but R\d+ has a pointer to STRUCT (?P<got>\w+)")
-# Kfuncs whose argument type changed between generations of mptcp_net-next's export branch
-# (the mid-2025 one, still in OpenMPTCProuter's 6.12 kernels, passed the subflow socket).
-_KFUNC_API_CHANGES = {
-    ("bpf_sk_stream_memory_free", "mptcp_subflow_context", "sock"):
-        "this kernel (bpfkit's series, like the newest export branch) takes the subflow context: "
-        "call bpf_sk_stream_memory_free(subflow), not bpf_sk_stream_memory_free(ssk), and declare it "
-        "`extern bool bpf_sk_stream_memory_free(const struct mptcp_subflow_context *subflow) __ksym;`",
-}
-
-
-_UNTRUSTED_ARG = re.compile(r"arg#\d+ is untrusted_ptr_")
+KFUNC_ARG_TYPE = re.compile(r"kernel function (?P<fn>\w+) args#(?P<arg>\d+) expected pointer to STRUCT (?P<want>\w+) "
+                            r"but R\d+ has a pointer to STRUCT (?P<got>\w+)")
+UNTRUSTED_ARG = re.compile(r"arg#\d+ is untrusted_ptr_")
 
 
 def _verifier_hint(log: str) -> str | None:
-    """What to write instead, for rejections that come from an API difference."""
-    if _UNTRUSTED_ARG.search(log):
-        return ("a pointer read from a struct field is untrusted in a sleepable program (SEC(\"struct_ops.s\")), "
-                "and kfuncs refuse it: get the subflow socket with bpf_mptcp_subflow_tcp_sock(subflow) instead "
-                "of subflow->tcp_sock")
-    m = _KFUNC_ARG_TYPE.search(log)
-    if not m:
-        return None
-    known = _KFUNC_API_CHANGES.get((m["fn"], m["want"], m["got"]))
-    return known or (f"{m['fn']}() takes a struct {m['want']} * as argument {int(m['arg']) + 1} in this kernel; "
-                     f"the program passes a struct {m['got']} * (check its declaration against the kernel's BTF)")
+    """Advice for rejections whose log line does not say what to write instead."""
+    if UNTRUSTED_ARG.search(log):
+        return ("a pointer read from a struct field is untrusted in a sleepable program, and kfuncs and "
+                "helpers refuse it: pass a pointer a kfunc returned instead")
+    m = KFUNC_ARG_TYPE.search(log)
+    if m:
+        return (f"{m['fn']}() takes a struct {m['want']} * as argument {int(m['arg']) + 1} in this kernel; the "
+                f"program passes a struct {m['got']} * (check its declaration against the kernel's BTF)")
+    return None
 
 
 def _load_hint(err: int, text: str) -> str | None:

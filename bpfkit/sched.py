@@ -144,6 +144,27 @@ def builtin_sources() -> dict[str, Path]:
     return out
 
 
+# Kfuncs whose argument type changed between generations of mptcp_net-next's export branch
+# (the mid-2025 one, still in OpenMPTCProuter's 6.12 kernels, passed the subflow socket).
+_KFUNC_API_CHANGES = {
+    ("bpf_sk_stream_memory_free", "mptcp_subflow_context", "sock"):
+        "this kernel (bpfkit's series, like the newest export branch) takes the subflow context: "
+        "call bpf_sk_stream_memory_free(subflow), not bpf_sk_stream_memory_free(ssk), and declare it "
+        "`extern bool bpf_sk_stream_memory_free(const struct mptcp_subflow_context *subflow) __ksym;`",
+}
+
+
+def scheduler_verifier_hint(log: str) -> str | None:
+    """What a scheduler written for another export generation should write instead."""
+    from bpfkit import libbpf
+
+    if libbpf.UNTRUSTED_ARG.search(log):
+        return ("in a sleepable get_retrans (SEC(\"struct_ops.s\")) subflow->tcp_sock is an untrusted pointer "
+                "that kfuncs and helpers refuse: take the socket from bpf_mptcp_subflow_tcp_sock(subflow)")
+    m = libbpf.KFUNC_ARG_TYPE.search(log)
+    return _KFUNC_API_CHANGES.get((m["fn"], m["want"], m["got"])) if m else None
+
+
 def is_object(spec: str | Path) -> bool:
     """A prebuilt BPF object (clang output, e.g. from another project's build)."""
     return str(spec).endswith(".o")
@@ -350,7 +371,8 @@ def _run_dir() -> Path:
     without its pin is ignored and overwritten, so outliving a reboot is harmless."""
     for d in (RUN_DIR, cache_dir() / "sched-records"):
         try:
-            d.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if d == RUN_DIR:  # /run/bpfkit is ours as well: whoever owns it could swap sched/
+                fs.private_dir(d.parent)
             fs.private_dir(d)
             if os.access(d, os.W_OK):
                 return d
@@ -461,7 +483,11 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None,
             raise AttachError(f"scheduler name {name!r} is already registered by another loader (not bpfkit)",
                               hint="rename yours (.name in the ops map) or unregister the other one")
 
-        obj = libbpf.open_object(object_path)  # VerifierError/LoadError: nothing registered yet
+        try:
+            obj = libbpf.open_object(object_path)  # VerifierError/LoadError: nothing registered yet
+        except libbpf.VerifierError as exc:
+            exc.hint = scheduler_verifier_hint(getattr(exc, "log", "")) or exc.hint
+            raise
         link = None
         try:
             link = obj.map(chosen.var).attach_struct_ops()

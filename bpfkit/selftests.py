@@ -231,14 +231,18 @@ def _tree_digest(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "-"
+
+
 def install(tree: Path, build_dir: Path, log=None) -> Path:
     """Build and install the tree's net/mptcp selftests into the cache (once per content)."""
     selftests = tree / SELFTESTS_SUBDIR
     if not (selftests / MPTCP_SUBDIR).is_dir():
         raise UsageError(f"{tree} has no {SELFTESTS_SUBDIR}/{MPTCP_SUBDIR}: not a kernel tree with MPTCP selftests")
     key = hashlib.sha256("|".join([_tree_digest(selftests / MPTCP_SUBDIR), _tree_digest(selftests / "net/lib"),
-                                    (selftests / "net/lib.sh").read_bytes().hex()[:64], str(tree)])
-                         .encode()).hexdigest()[:16]
+                                    _tree_digest(selftests / "kselftest"), _file_digest(selftests / "net/lib.sh"),
+                                    str(tree)]).encode()).hexdigest()[:16]
     dest = cache_dir() / "selftests" / key
     if (dest / ".complete").exists():
         return dest

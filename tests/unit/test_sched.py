@@ -182,3 +182,11 @@ def test_cli_bad_name_is_one_error(capsys):
 def test_netns_names_that_are_not_names_are_refused(name):
     with pytest.raises(UsageError, match="invalid network namespace name"):
         sched.selected(name)
+
+
+def test_verifier_advice_for_schedulers_of_another_export_generation():
+    log = ("26: (85) call bpf_sk_stream_memory_free#1\nkernel function bpf_sk_stream_memory_free args#0 expected "
+           "pointer to STRUCT mptcp_subflow_context but R1 has a pointer to STRUCT sock\n")
+    assert "bpf_sk_stream_memory_free(subflow)" in sched.scheduler_verifier_hint(log)
+    assert "bpf_mptcp_subflow_tcp_sock" in sched.scheduler_verifier_hint("arg#1 is untrusted_ptr_ expected ptr_")
+    assert sched.scheduler_verifier_hint("R1 invalid mem access 'scalar'") is None
