@@ -89,7 +89,10 @@ test-vm-debug: setup
 # pm_netlink 290 s and mptcp_connect > 30 min (both with a kernel build running beside), so the rest
 # of the matrix is test-selftests-full. Known failures: tests/selftests-known.toml.
 SELFTEST_SCHEDULERS := default,minrtt,redundant,blest,ecf
-SELFTESTS := $(BPFKIT) vm selftests --known tests/selftests-known.toml
+# --retries 1: simult_flows' limits are a few per cent above the ideal time; under TCG one subtest of
+# a scheduler that passes it can miss (blest #9 in a clean-clone CI run, 2026-12-03), as upstream's CI
+# retries it too. A retry is reported as flaky in the table.
+SELFTESTS := $(BPFKIT) vm selftests --known tests/selftests-known.toml --retries 1
 test-selftests: setup
 	$(SELFTESTS) --scheduler $(SELFTEST_SCHEDULERS) --tests simult_flows --junit selftests-simult.xml
 	$(SELFTESTS) --scheduler default,minrtt --tests mptcp_sockopt,diag --junit selftests-functional.xml

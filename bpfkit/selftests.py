@@ -98,6 +98,11 @@ class ScriptRun:
     netns_set: int = 0  # network namespaces the wrapper switched to the scheduler
     error: str = ""
     known: list[int] = dataclasses.field(default_factory=list)  # subtests known to fail (KnownFailure)
+    attempts: int = 1
+    flaky: list[int] = dataclasses.field(default_factory=list)  # failed in an earlier attempt, passed in the last
+
+    def unexplained_failures(self, known: list[int]) -> list[int]:
+        return sorted(s.number for s in self.subtests if s.status == "fail" and s.number not in known)
 
     @property
     def status(self) -> str:
@@ -159,6 +164,9 @@ def format_table(runs: list[ScriptRun]) -> str:
     for r in runs:
         failed = [s.number for s in r.subtests if s.status == "fail"]
         note = r.error or (f"failed: {', '.join(f'#{n}' for n in failed)}" if failed else "")
+        if r.flaky:
+            note += (f"{'; ' if note else ''}flaky: {', '.join(f'#{n}' for n in r.flaky)} failed, then passed "
+                     f"(attempt {r.attempts})")
         passing_known = [n for n in r.known if n not in failed]
         if passing_known:
             note += f"{'; ' if note else ''}known failure(s) {', '.join(f'#{n}' for n in passing_known)} passed"
@@ -321,7 +329,7 @@ def run_plan(plan: dict) -> list[ScriptRun]:
             continue
         try:
             for script in plan["scripts"]:
-                runs.append(_run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"]))
+                runs.append(_run_with_retries(name, script, script_dir, out_dir, wrapper_dir, plan))
                 _save(runs, out_dir)
         finally:
             if loaded:
@@ -330,9 +338,37 @@ def run_plan(plan: dict) -> list[ScriptRun]:
     return runs
 
 
+def _run_with_retries(name: str, script: str, script_dir: Path, out_dir: Path, wrapper_dir: Path,
+                      plan: dict) -> ScriptRun:
+    """Run a script; while it has failures that are not known ones, run it again, up to
+    plan["retries"] times (upstream's MPTCP CI does the same for its timing-bound scripts). The last
+    attempt is the result; a subtest that failed before and passes in it is reported as flaky.
+    Why: simult_flows' limits are a few per cent above the ideal transfer time, and under TCG one
+    subtest of a scheduler that passes it (blest #9 in a clean-clone CI run, 2026-12-03) can miss by
+    that much."""
+    known = plan.get("known", {}).get(f"{name}/{script}", [])
+    run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], attempt=1)
+    earlier_failures: set[int] = set()
+    total = run.seconds
+    for attempt in range(2, plan.get("retries", 0) + 2):
+        failures = run.unexplained_failures(known)
+        if run.error or not failures:
+            break
+        earlier_failures |= set(failures)
+        print(f"bpfkit: {name}: {script}: failed {', '.join(f'#{n}' for n in failures)}; attempt {attempt}",
+              file=sys.stderr, flush=True)
+        run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], attempt=attempt)
+        total += run.seconds
+        run.attempts = attempt
+    run.seconds = total
+    run.flaky = sorted(n for n in earlier_failures if any(s.number == n and s.status == "pass" for s in run.subtests))
+    return run
+
+
 def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper_dir: Path,
-                timeout: float) -> ScriptRun:
-    log = out_dir / f"{name}.{script}.log"
+                timeout: float, attempt: int = 1) -> ScriptRun:
+    suffix = "" if attempt == 1 else f".attempt{attempt}"
+    log = out_dir / f"{name}.{script}{suffix}.log"
     netns_log = out_dir / f"{name}.{script}.netns"
     netns_log.unlink(missing_ok=True)
     env = dict(os.environ, BPFKIT_SELFTEST_SCHEDULER=name, BPFKIT_SELFTEST_NETNS_LOG=str(netns_log))

@@ -64,6 +64,10 @@ def register(subparsers) -> None:
     st.add_argument("--known", type=Path, metavar="FILE",
                     help="TOML list of subtests known to fail ([[known]] scheduler, script, subtest, reason): "
                          "reported, not counted as failures")
+    st.add_argument("--retries", type=int, default=0, metavar="N",
+                    help="run a script again, up to N times, while it has failures that are not known ones; "
+                         "the last attempt counts, and earlier failures it passes are reported as flaky "
+                         "(default: %(default)s)")
     st.add_argument("--json", action="store_true", help="print the results as JSON")
     st.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
     st.set_defaults(handler=handle_selftests)
@@ -104,11 +108,16 @@ def handle_selftests(args) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = (args.out or cache_dir() / "selftests-runs" / stamp).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.retries < 0:
+        raise UsageError(f"--retries must be >= 0, got {args.retries}")
+    known_by_run: dict[str, list[int]] = {}
+    for k in known:
+        known_by_run.setdefault(f"{k.scheduler}/{k.script}", []).append(k.subtest)
     plan = {"install_dir": str(install_dir), "out_dir": str(out_dir), "schedulers": schedulers,
-            "scripts": scripts, "timeout": timeout}
+            "scripts": scripts, "timeout": timeout, "retries": args.retries, "known": known_by_run}
     plan_file = out_dir / "plan.json"
     plan_file.write_text(json.dumps(plan, indent=2))
-    budget = timeout * len(scripts) * len(schedulers) + 120
+    budget = timeout * len(scripts) * len(schedulers) * (1 + args.retries) + 120
     try:
         vm.run([sys.executable, "-m", "bpfkit.selftests", str(plan_file)], kernel=bzimage, timeout=budget,
                rwdirs=[out_dir], capture=False)

@@ -87,3 +87,36 @@ def test_known_failures_are_reported_not_counted(tmp_path):
     known_file.write_text('[[known]]\nscheduler = "minrtt"\n')
     with pytest.raises(UsageError, match="entry 1 needs"):
         selftests.load_known(known_file)
+
+
+FLAKY_SCRIPT = """#!/bin/sh
+# fails subtest 2 on its first run only, always subtest 3 unless told it is known
+n=$(cat count 2>/dev/null || echo 0); echo $((n + 1)) > count
+echo "TAP version 13"
+echo "ok 1 - steady"
+if [ "$n" = 0 ]; then echo "not ok 2 - timing"; else echo "ok 2 - timing"; fi
+echo "not ok 3 - broken"
+exit 1
+"""
+
+
+@pytest.mark.parametrize("retries,known,attempts,flaky,failed", [
+    (0, [], 1, [], [2, 3]),
+    (1, [], 2, [2], [3]),     # 3 still fails after the retry: the run fails
+    (3, [], 4, [2], [3]),     # retries while an unknown failure remains
+    (1, [2, 3], 1, [], [2, 3]),  # only known failures: no retry
+])
+def test_retries_rerun_unexplained_failures_and_report_flaky(tmp_path, retries, known, attempts, flaky, failed):
+    script_dir = tmp_path / "scripts"
+    script_dir.mkdir()
+    script = script_dir / "t.sh"
+    script.write_text(FLAKY_SCRIPT)
+    script.chmod(0o755)
+    (tmp_path / "out").mkdir()
+    plan = {"timeout": 30, "retries": retries, "known": {"default/t.sh": known}}
+    r = selftests._run_with_retries("default", "t.sh", script_dir, tmp_path / "out", tmp_path / "bin", plan)
+    assert (r.attempts, r.flaky) == (attempts, flaky)
+    assert [s.number for s in r.subtests if s.status == "fail"] == failed
+    assert int((script_dir / "count").read_text()) == attempts
+    if flaky:
+        assert "flaky: #2 failed, then passed" in selftests.format_table([r])
