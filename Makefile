@@ -17,7 +17,7 @@ APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev dwarves flex
 	iproute2 ethtool procps iputils-ping python3-venv shellcheck \
 	iptables nftables tcpdump libc6-dev-i386
 
-.PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm test-vm-debug test-selftests \
+.PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm test-vm-debug test-distro test-selftests \
 	test-selftests-full clean-cache
 all: test
 
@@ -50,7 +50,7 @@ demo: setup
 	$(BPFKIT) doctor
 	$(BPFKIT) bench schedulers --out $(DEMO_OUT)
 
-test: setup test-unit test-host test-vm test-vm-debug test-selftests
+test: setup test-unit test-host test-vm test-vm-debug test-distro test-selftests
 
 test-unit test-host: venv
 	BPFKIT_REQUIRE_ALL=1 $(PYTEST) -m "$(subst test-,,$@)"
@@ -81,6 +81,19 @@ test-vm-debug: setup
 	$(BPFKIT) build --kernel vm-debug $(VM_BPF_SOURCES) >/dev/null
 	$(BPFKIT) build --kernel vm-debug $(COMPAT_BPF) >/dev/null
 	$(BPFKIT) vm run --flavour debug --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_EXPECT_LOCKDEP=1 $(PYTEST) -m vm --durations=10 $(VM_DEBUG_TESTS)
+
+# The ops pillars on the kernels ops teams run, Debian's stock images (apt, vm/distro-kernel):
+# on 6.12 the mptcpize and subflow tests (tests/distro/; bpfkit's series changes nothing they use,
+# so they run here rather than on bpfkit's kernel) and what doctor finds; on 6.1 (no
+# update_socket_protocol hook, no bpf_rdonly_cast) the refusals. Objects are built in the guest
+# against each kernel's BTF the first time (cached).
+test-distro: setup
+	image=$$(vm/distro-kernel 6.12); \
+	$(BPFKIT) vm run --kernel "$$image" --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_DISTRO=debian-6.12 \
+		$(PYTEST) -m distro --durations=10 tests/distro
+	image=$$(vm/distro-kernel 6.1); \
+	$(BPFKIT) vm run --kernel "$$image" --timeout 900 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_DISTRO=debian-6.1 \
+		$(PYTEST) -m distro --durations=10 tests/distro/test_distro_kernel.py
 
 # Upstream's MPTCP selftests of the kernel's own source, per scheduler (bpfkit vm selftests).
 # In `make test`: simult_flows (the script a scheduler decides) for default and the four reference

@@ -162,6 +162,13 @@ struct subflow_facts {
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
+/* subflow_id is newer than Debian's 6.1 (it is in 6.12): a CO-RE flavour of the
+ * context declares it, so the object builds against any vmlinux.h and, where the
+ * field is missing, bpf_core_field_exists() is false at load time. */
+struct mptcp_subflow_context___with_id {
+	__u32 subflow_id;
+} __attribute__((preserve_access_index));
+
 static __always_inline bool is_v4_mapped(const __u32 *a)
 {
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
@@ -197,8 +204,12 @@ static __always_inline bool classify(struct bpf_sock_ops *skops, __u8 side, stru
 	/* request_bkup: this side's endpoint has the backup flag; backup: the
 	 * peer asked for backup (known on the passive side at this point). */
 	f->backup = BPF_CORE_READ_BITFIELD(subflow, request_bkup) || BPF_CORE_READ_BITFIELD(subflow, backup);
-	/* __mptcp_finish_join() numbers a passive join (ids start at 1). */
-	f->join_pending = side == SIDE_PASSIVE && f->role == ROLE_JOIN && subflow->subflow_id == 0;
+	/* __mptcp_finish_join() numbers a passive join (ids start at 1). Without
+	 * the field, a late completion is not watched (README: kernels). */
+	f->join_pending = false;
+	if (side == SIDE_PASSIVE && f->role == ROLE_JOIN &&
+	    bpf_core_field_exists(struct mptcp_subflow_context___with_id, subflow_id))
+		f->join_pending = ((struct mptcp_subflow_context___with_id *)subflow)->subflow_id == 0;
 	f->side = side;
 	f->local_port = skops->local_port; /* host byte order */
 	f->remote_port = bpf_ntohl(skops->remote_port); /* network order in the upper 16 bits */

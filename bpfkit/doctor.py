@@ -137,6 +137,24 @@ def check_sockops() -> Check:
     return Check("sockops", OK, "sockops program loads and attaches to a cgroup v2")
 
 
+def check_subflow_opts() -> Check:
+    """What bpf/subflow_opts.bpf.c needs beyond cgroup sockops: the bpf_rdonly_cast kfunc
+    (Linux 6.2) to read a subflow's MPTCP context. Debian's 6.1 lacks it; its 6.12 has it."""
+    from bpfkit import libbpf
+
+    blocks = "per-subflow socket options (bpfkit subflow)"
+    try:
+        with libbpf.KernelBtf() as btf:
+            has_cast = btf.has_func("bpf_rdonly_cast")
+    except BpfkitError as exc:
+        return Check("subflow_opts", MISSING, str(exc).splitlines()[0], blocks)
+    if not has_cast:
+        return Check("subflow_opts", MISSING, f"kernel {platform.release()} has no bpf_rdonly_cast kfunc (Linux 6.2) "
+                     "to read a subflow's MPTCP context", blocks, "a 6.12 kernel, e.g. Debian's "
+                     "linux-image-6.12.*+deb12-amd64")
+    return Check("subflow_opts", OK, "bpf_rdonly_cast reads a subflow's MPTCP context")
+
+
 def check_struct_ops() -> list[Check]:
     from bpfkit import libbpf
 
@@ -248,6 +266,7 @@ def run() -> Report:
     if can_build and os.geteuid() == 0:
         report.checks.append(check_fmod_ret())
         report.checks.append(check_sockops())
+        report.checks.append(check_subflow_opts())
     else:
         why = "needs root" if os.geteuid() != 0 else "needs BTF, libbpf, clang and bpftool"
         report.checks.append(Check("fmod_ret_update_socket_protocol", MISSING, f"not probed ({why})",

@@ -18,7 +18,8 @@ from bpfkit.paths import cache_dir
 def held(name: str, holder: str, waiting: Callable[[str], str]):
     """Hold the lock `name` (a file in the cache) for the block, waiting as long
     as another process holds it. `holder` describes this process for others;
-    `waiting(other)` is the line printed (stderr) when we have to wait."""
+    `waiting(other)` is the line printed (stderr) when we have to wait. Yields the
+    lock's file descriptor: a process that inherits it holds the lock with us."""
     path = cache_dir() / name
     with open(path, "a+") as lock:
         try:
@@ -32,7 +33,7 @@ def held(name: str, holder: str, waiting: Callable[[str], str]):
         lock.write(holder + "\n")
         lock.flush()
         try:
-            yield
+            yield lock.fileno()
         finally:
             # no stale description for the next waiter to report
             lock.seek(0)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bpfkit import build, cgroup as cgroups, fs, libbpf
 from bpfkit import subflow_policy as sp
-from bpfkit.errors import BpfkitError
+from bpfkit.errors import BpfkitError, KernelUnsupported
 
 PIN_DIR = libbpf.PIN_ROOT / "subflow"
 MAP_NAMES = ("rules", "policy", "rule_stats", "totals", "policy_info")
@@ -136,9 +136,19 @@ def _check_shapes(maps: dict[str, libbpf.Map], where: str) -> None:
                                    "`bpfkit subflow clear` it, then apply again")
 
 
+def _check_kernel() -> None:
+    """Refuse, before compiling or loading anything, a kernel the program cannot run on."""
+    from bpfkit import doctor
+
+    check = doctor.check_subflow_opts()
+    if check.status != doctor.OK:
+        raise KernelUnsupported(f"this kernel cannot apply per-subflow options: {check.detail}", hint=check.hint)
+
+
 def _attach_new(cg: Path, cg_id: int, encoded: sp.Encoded) -> tuple[dict, int]:
     """Load, fill, attach, pin. Any failure undoes everything done so far,
     leaving nothing attached and nothing pinned."""
+    _check_kernel()
     obj_path = build.compile_bpf(build.bpf_source(PROGRAM)).path
     directory = pin_dir(cg_id)
     link = None

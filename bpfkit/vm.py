@@ -345,10 +345,10 @@ def run(
         rwdir_paths.append(path)
     bzimage = resolve_kernel(kernel)
     _check_host_tools()
-    with machine_lock(command):
+    with machine_lock(command) as lock_fd:
         accel = choose_accel(bzimage)
         return _boot(command, kernel=bzimage, accel=accel, timeout=timeout, mem=str(mem), cpus=cpus,
-                     rwdirs=rwdir_paths, env=env, capture=capture)
+                     rwdirs=rwdir_paths, env=env, capture=capture, lock_fd=lock_fd)
 
 
 @contextlib.contextmanager
@@ -358,22 +358,22 @@ def machine_lock(command: list[str]):
     they were given. A second `bpfkit vm run` says who holds the lock and waits
     (its own timeout starts once it boots). BPFKIT_VM_PARALLEL=1 skips the lock."""
     if os.environ.get("BPFKIT_VM_PARALLEL") == "1":
-        yield
+        yield None
         return
     holder = hostlock.this_process(shlex.join(command)[:200])
     with hostlock.held(VM_LOCK, holder, lambda other: f"bpfkit: another bpfkit VM is running ({other}); "
-                       "waiting for it to end (BPFKIT_VM_PARALLEL=1 runs both at once)"):
-        yield
+                       "waiting for it to end (BPFKIT_VM_PARALLEL=1 runs both at once)") as lock_fd:
+        yield lock_fd
 
 
 def _boot(command: list[str], *, kernel: Path, accel: str, timeout: float, mem: str, cpus: int,
-          rwdirs, env: dict[str, str] | None, capture: bool) -> VmResult:
+          rwdirs, env: dict[str, str] | None, capture: bool, lock_fd: int | None = None) -> VmResult:
     vng = find_vng()
     for attempt in range(1 + BOOT_PANIC_RETRIES):
         workdir = Path(tempfile.mkdtemp(prefix="bpfkit-vm-"))
         try:
             return _boot_in(workdir, vng, command, kernel=kernel, accel=accel, timeout=timeout,
-                            mem=mem, cpus=cpus, rwdirs=rwdirs, env=env, capture=capture)
+                            mem=mem, cpus=cpus, rwdirs=rwdirs, env=env, capture=capture, lock_fd=lock_fd)
         except VmPanic as exc:
             # A guest that dies while booting never ran the command, so booting it
             # again changes nothing the command did.  Under TCG this happens now and
@@ -429,7 +429,7 @@ def _shared_dirs(workdir: Path, extra: list[Path]) -> list[Path]:
 
 
 def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, accel: str,
-             timeout: float, mem: str, cpus: int, rwdirs, env, capture: bool) -> VmResult:
+             timeout: float, mem: str, cpus: int, rwdirs, env, capture: bool, lock_fd: int | None) -> VmResult:
     cwd = os.getcwd()
     guest_env = guest_environment(env)
     (workdir / "guest.sh").write_text(guest_script(command, cwd, guest_env, workdir))
@@ -452,6 +452,7 @@ def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, acce
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=host_env, cwd=workdir,
                                 start_new_session=True)
+        guard = _start_guard(proc.pid, deadline + GUARD_GRACE_SECONDS, lock_fd)
         try:
             sinks = {
                 proc.stdout: (out_chunks, None if capture else sys.stdout),
@@ -460,6 +461,7 @@ def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, acce
             finished = _pump(proc, sinks, tail, deadline)
         finally:
             _kill_group(proc)  # on timeout, and stragglers (qemu) if vng itself already exited
+            _stop_guard(guard)
             proc.stdout.close()
             proc.stderr.close()
     finally:
@@ -567,6 +569,60 @@ def _terminate_raises():
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
+
+
+# The VM's guard: a process of its own session that outlives a SIGKILL of bpfkit (or of bpfkit's
+# whole process group). It waits on a pipe from bpfkit: "done" means bpfkit ended the VM itself;
+# end-of-file (bpfkit died, the kernel closed the pipe) or the deadline means it did not, and the
+# guard kills the VM's process group (vng, virtme-run, qemu: qemu is virtme-run's child, so a
+# parent-death signal on vng alone would not reach it). It inherits the VM lock's descriptor, so the
+# lock stays held until the VM is gone and the next `bpfkit vm run` never boots beside it.
+GUARD_GRACE_SECONDS = 60.0
+_GUARD_CODE = """
+import os, select, signal, sys, time
+pgid, deadline = int(sys.argv[1]), float(sys.argv[2])
+ready, _, _ = select.select([0], [], [], max(0.0, deadline - time.monotonic()))
+if ready and os.read(0, 8) == b"done":
+    sys.exit(0)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        break
+    time.sleep(0.1)
+"""
+
+
+@dataclass
+class _Guard:
+    proc: subprocess.Popen
+    pipe: int
+
+
+def _start_guard(pgid: int, deadline: float, lock_fd: int | None) -> _Guard:
+    read_end, write_end = os.pipe()
+    try:
+        # time.monotonic() is CLOCK_MONOTONIC, one clock for every process on the machine.
+        guard = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARD_CODE, str(pgid), f"{deadline:.3f}"],
+                                 stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True,
+                                 pass_fds=() if lock_fd is None else (lock_fd,))
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return _Guard(guard, write_end)
+
+
+def _stop_guard(guard: _Guard) -> None:
+    try:
+        os.write(guard.pipe, b"done")
+    except OSError:  # the guard is gone already (killed by someone): nothing to tell it
+        pass
+    finally:
+        os.close(guard.pipe)
+    guard.proc.wait()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -1,7 +1,8 @@
 """Test tiers.
 
 unit: no root; host: root on this kernel; vm: inside the bpfkit VM kernel
-(`bpfkit vm run -- .venv/bin/pytest -m vm`). Outside its tier a test is
+(`bpfkit vm run -- .venv/bin/pytest -m vm`); distro: inside a VM booted on a distribution's
+stock kernel (`make test-distro`). Outside its tier a test is
 skipped, except with BPFKIT_REQUIRE_ALL=1 (set by CI and `make test`), where
 any skip is a failure: a tier that silently skips proves nothing.
 """
@@ -19,7 +20,7 @@ REQUIRE_ALL = os.environ.get("BPFKIT_REQUIRE_ALL") == "1"
 IN_VM = os.environ.get("BPFKIT_GUEST") == "1"
 
 
-TIERS = ("unit", "host", "vm")
+TIERS = ("unit", "host", "vm", "distro")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,7 +32,9 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_setup(item):
     if item.get_closest_marker("vm") and not IN_VM:
         pytest.skip("vm tier: runs inside the bpfkit VM (bpfkit vm run -- .venv/bin/pytest -m vm)")
-    if (item.get_closest_marker("host") or item.get_closest_marker("vm")) and os.geteuid() != 0:
+    if item.get_closest_marker("distro") and not IN_VM:
+        pytest.skip("distro tier: runs inside a VM on a distribution's kernel (make test-distro)")
+    if any(item.get_closest_marker(t) for t in ("host", "vm", "distro")) and os.geteuid() != 0:
         pytest.skip("needs root")
 
 

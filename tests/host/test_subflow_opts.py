@@ -3,7 +3,7 @@
 Every check looks at the subflows themselves (sock_diag from inside the
 namespaces, MPTCP_FULL_INFO, interface counters, a probe program reading the
 kernel's socket fields), not at "the program ran". The VM tier runs these same
-functions (tests/vm/test_subflow_opts_vm.py).
+functions (tests/distro/test_subflow_opts.py, on Debian's stock 6.12).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """Real VM boots on the built kernel (each ~10 s under TCG, so only a few):
 exit status and output come back, results come back through a shared dir, a
-hang ends in exit 124 with no qemu left, a kernel panic ends in exit 125."""
+hang ends in exit 124 with no qemu left, a kernel panic ends in exit 125, a
+SIGKILL of `bpfkit vm run` leaves no qemu behind and no second VM beside it."""
 
+import fcntl
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +15,7 @@ import pytest
 
 from bpfkit import kbuild, vm
 from bpfkit.errors import MissingDependency, VmPanic, VmTimeout
+from bpfkit.paths import cache_dir
 
 pytestmark = pytest.mark.host
 
@@ -86,3 +91,41 @@ def test_guest_kernel_panic_exits_125_with_console_lines(kernel):
                timeout=300, capture=True)
     assert err.value.exit_code == 125
     assert "Kernel panic" in str(err.value)
+
+
+def _lock_is_free() -> bool:
+    with open(cache_dir() / vm.VM_LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+def test_sigkill_of_vm_run_leaves_no_qemu_and_holds_the_lock_until_it_is_gone(kernel):
+    before = _our_qemus()
+    proc = subprocess.Popen([sys.executable, "-m", "bpfkit", "vm", "run", "--timeout", "600", "--", "sleep", "600"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ours: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not ours:
+            assert proc.poll() is None and time.monotonic() < deadline, "no qemu started"
+            time.sleep(0.2)
+            ours = _our_qemus() - before
+        assert not _lock_is_free()
+        os.killpg(proc.pid, signal.SIGKILL)  # bpfkit's whole group, as a CI job's kill would
+        proc.wait()
+        end = time.monotonic() + 20
+        while _our_qemus() & ours and time.monotonic() < end:
+            assert not _lock_is_free(), "the VM lock was released while its qemu still ran"
+            time.sleep(0.1)
+        assert not (_our_qemus() & ours), "qemu outlived a SIGKILL of bpfkit vm run"
+        end = time.monotonic() + 10
+        while not _lock_is_free():
+            assert time.monotonic() < end, "the VM lock stays held after the VM is gone"
+            time.sleep(0.1)
+    finally:
+        for pid in _our_qemus() & ours:
+            os.kill(pid, signal.SIGKILL)

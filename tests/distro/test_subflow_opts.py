@@ -1,7 +1,7 @@
-"""The per-subflow option checks of tests/host/test_subflow_opts.py, run inside
-the bpfkit VM kernel (Linux 6.12):
+"""The per-subflow option checks of tests/host/test_subflow_opts.py, run on the kernel
+ops teams run: Debian's stock 6.12, booted by `make test-distro`:
 
-    bpfkit vm run -- .venv/bin/pytest -m vm tests/vm/test_subflow_opts_vm.py
+    bpfkit vm run --kernel /boot/vmlinuz-6.12.*-amd64 -- .venv/bin/pytest -m distro tests/distro/test_subflow_opts.py
 
 Same test functions and fixtures, imported, so both tiers check exactly the
 same things; only the tier marker differs.
@@ -17,4 +17,4 @@ pyroute2_config.default_create_socket_timeout = 120
 
 from tests.host.test_subflow_opts import *  # noqa: F401,F403  (test functions and the `cg` fixture)
 
-pytestmark = pytest.mark.vm  # replaces the host marker the import brought along
+pytestmark = pytest.mark.distro  # replaces the host marker the import brought along

@@ -1,6 +1,7 @@
-"""mptcpize in the bpfkit VM kernel (6.12, where fmod_ret on update_socket_protocol works).
+"""mptcpize on the kernel ops teams run: Debian's stock 6.12 (fmod_ret on update_socket_protocol
+works there), booted by `make test-distro`. Any kernel with the hook runs it:
 
-Run with: bpfkit vm run -- .venv/bin/pytest -p no:bpfkit -m vm tests/vm/test_mptcpize.py
+    bpfkit vm run --kernel /boot/vmlinuz-6.12.*-amd64 -- .venv/bin/pytest -m distro tests/distro/test_mptcpize.py
 
 Servers listen with IPPROTO_MPTCP outside the selected cgroups, so a connection
 is MPTCP end to end exactly when the client's socket was rewritten (a TCP
@@ -22,7 +23,7 @@ import pytest
 from bpfkit import cgroup, cli, libbpf, mptcp_sockopt, mptcpize
 from bpfkit.errors import UsageError
 
-pytestmark = pytest.mark.vm
+pytestmark = pytest.mark.distro
 
 IPPROTO_MPTCP = 262
 BUSYBOX = "/bin/busybox"  # Debian busybox-static, visible from the host's filesystem
