@@ -13,6 +13,7 @@ Cache layout (under cache_dir()):
 key = sha256 over (schema, source identity, flavour, fragment contents, patch contents).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -312,10 +313,20 @@ def default_kernel(flavour: str = "default") -> KernelBuild:
     return build
 
 
+_held_lock_fd: int | None = None  # the build lock's descriptor while this process holds it (for make's guard)
+
+
+@contextlib.contextmanager
 def _build_lock():
     """One kernel build at a time (2 cores: two builds would each take twice as long)."""
-    return hostlock.held("kbuild.lock", hostlock.this_process("kernel build"),
-                         lambda other: f"bpfkit: waiting for another kernel build ({other})")
+    global _held_lock_fd
+    with hostlock.held("kbuild.lock", hostlock.this_process("kernel build"),
+                       lambda other: f"bpfkit: waiting for another kernel build ({other})") as fd:
+        _held_lock_fd = fd
+        try:
+            yield fd
+        finally:
+            _held_lock_fd = None
 
 
 # --------------------------------------------------------------------------- source tree
@@ -541,14 +552,24 @@ def _make(source_tree: Path, build_dir: Path, targets: list[str], log, progress:
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     recent: deque[str] = deque(maxlen=4000)
+    # make (and its sub-makes) in a session of its own, under a guard that kills it if bpfkit dies
+    # and holds the build lock until it is gone: a killed `vm kernel` leaves no make writing into
+    # the shared build dir beside the next build.
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace", stdin=subprocess.DEVNULL) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            recent.append(line.rstrip("\n"))
-            if progress is not None:
-                progress.line(line)
-        returncode = proc.wait()
+                          errors="replace", stdin=subprocess.DEVNULL, start_new_session=True) as proc:
+        guard = hostlock.GroupGuard(proc.pid, _held_lock_fd)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                recent.append(line.rstrip("\n"))
+                if progress is not None:
+                    progress.line(line)
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted (Ctrl-C, an exception): end make, it is in its own group
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            guard.release()
     log.flush()
     if returncode != 0:
         excerpt = "\n".join("  " + line for line in error_excerpt(list(recent)))

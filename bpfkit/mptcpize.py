@@ -637,6 +637,14 @@ def forget(cg: Path, root: Path = Path("/")) -> bool:
     return len(kept) != len(entries)
 
 
+def forget_all(root: Path = Path("/")) -> int:
+    """Drop every recorded attachment (detach --all): a reboot must not turn back on what
+    was removed. Returns how many were recorded."""
+    entries = load_state(root)
+    _save_state(root, [])
+    return len(entries)
+
+
 def restore(root: Path = Path("/")) -> tuple[list[str], list[str]]:
     """Attach every recorded cgroup that exists (at boot). Returns (attached, skipped)."""
     attached, skipped = [], []

@@ -45,6 +45,7 @@ OUTPUT_TAIL_LINES = 40
 BOOT_PANIC_RETRIES = 1
 KVM_PROBE_TIMEOUT = 45.0  # a KVM boot takes ~2 s; a broken KVM hangs or dies
 KILL_GRACE_SECONDS = 3.0
+GUARD_GRACE_SECONDS = 60.0  # past the deadline bpfkit itself enforces
 VM_LOCK = "vm.lock"  # in the cache: one bpfkit VM at a time on this machine
 
 # Host environment passed into the guest besides BPFKIT_* (virtme starts the
@@ -452,7 +453,9 @@ def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, acce
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=host_env, cwd=workdir,
                                 start_new_session=True)
-        guard = _start_guard(proc.pid, deadline + GUARD_GRACE_SECONDS, lock_fd)
+        # Killed bpfkit (even SIGKILL of its whole group): the guard ends the VM and holds
+        # the VM lock until it is gone, so the next `bpfkit vm run` never boots beside it.
+        guard = hostlock.GroupGuard(proc.pid, lock_fd, deadline + GUARD_GRACE_SECONDS)
         try:
             sinks = {
                 proc.stdout: (out_chunks, None if capture else sys.stdout),
@@ -461,7 +464,7 @@ def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, acce
             finished = _pump(proc, sinks, tail, deadline)
         finally:
             _kill_group(proc)  # on timeout, and stragglers (qemu) if vng itself already exited
-            _stop_guard(guard)
+            guard.release()
             proc.stdout.close()
             proc.stderr.close()
     finally:
@@ -569,60 +572,6 @@ def _terminate_raises():
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
-
-
-# The VM's guard: a process of its own session that outlives a SIGKILL of bpfkit (or of bpfkit's
-# whole process group). It waits on a pipe from bpfkit: "done" means bpfkit ended the VM itself;
-# end-of-file (bpfkit died, the kernel closed the pipe) or the deadline means it did not, and the
-# guard kills the VM's process group (vng, virtme-run, qemu: qemu is virtme-run's child, so a
-# parent-death signal on vng alone would not reach it). It inherits the VM lock's descriptor, so the
-# lock stays held until the VM is gone and the next `bpfkit vm run` never boots beside it.
-GUARD_GRACE_SECONDS = 60.0
-_GUARD_CODE = """
-import os, select, signal, sys, time
-pgid, deadline = int(sys.argv[1]), float(sys.argv[2])
-ready, _, _ = select.select([0], [], [], max(0.0, deadline - time.monotonic()))
-if ready and os.read(0, 8) == b"done":
-    sys.exit(0)
-end = time.monotonic() + 30
-while time.monotonic() < end:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        break
-    time.sleep(0.1)
-"""
-
-
-@dataclass
-class _Guard:
-    proc: subprocess.Popen
-    pipe: int
-
-
-def _start_guard(pgid: int, deadline: float, lock_fd: int | None) -> _Guard:
-    read_end, write_end = os.pipe()
-    try:
-        # time.monotonic() is CLOCK_MONOTONIC, one clock for every process on the machine.
-        guard = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARD_CODE, str(pgid), f"{deadline:.3f}"],
-                                 stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True,
-                                 pass_fds=() if lock_fd is None else (lock_fd,))
-    except BaseException:
-        os.close(write_end)
-        raise
-    finally:
-        os.close(read_end)
-    return _Guard(guard, write_end)
-
-
-def _stop_guard(guard: _Guard) -> None:
-    try:
-        os.write(guard.pipe, b"done")
-    except OSError:  # the guard is gone already (killed by someone): nothing to tell it
-        pass
-    finally:
-        os.close(guard.pipe)
-    guard.proc.wait()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

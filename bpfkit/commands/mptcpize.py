@@ -107,7 +107,10 @@ def handle_attach(args) -> int:
 def handle_detach(args) -> int:
     if args.all:
         existed = mptcpize.detach_all()
+        forgotten = mptcpize.forget_all(args.root)
         print("removed the mptcpize program and pins" if existed else "nothing was attached")
+        if forgotten:
+            print(f"removed {forgotten} attachment(s) from the boot state ({args.root / mptcpize.STATE_FILE})")
         return 0
     cg = mptcpize.unit_cgroup(args.unit) if args.unit else cgroup.resolve(args.cgroup)
     result = mptcpize.detach(cg)

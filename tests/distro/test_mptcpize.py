@@ -396,6 +396,11 @@ def test_persist_and_restore(cg, tmp_path, monkeypatch):
     assert cgroup_status(cg)["exclude"] == ["sshd"]
     assert cli.main(["mptcpize", "detach", "--cgroup", str(cg), "--root", str(tmp_path)]) == 0
     assert mptcpize.load_state(tmp_path) == []
+    # detach --all forgets too: a reboot must not turn back on what was removed
+    assert cli.main(["mptcpize", "attach", "--cgroup", str(cg), "--persist", "--root", str(tmp_path)]) == 0
+    assert cli.main(["mptcpize", "detach", "--all", "--root", str(tmp_path)]) == 0
+    assert_nothing_attached()
+    assert mptcpize.load_state(tmp_path) == [] and mptcpize.restore(tmp_path) == ([], [])
 
 
 # --------------------------------------------------------------------------- bad input
