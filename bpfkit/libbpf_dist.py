@@ -26,6 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpfkit import hostlock
 from bpfkit.errors import MissingDependency
 from bpfkit.paths import cache_dir
 
@@ -121,6 +122,17 @@ def build_from_kernel_source(tarball: Path = DEBIAN_SOURCE_TARBALL) -> LibbpfDis
     existing = _installed_in(root)
     if existing:
         return existing
+    # One build at a time: a second first-time caller (e.g. the guest's tests beside a host command)
+    # would otherwise replace the tree the first has just installed and may be compiling against.
+    with hostlock.held("libbpf.lock", hostlock.this_process("libbpf build"),
+                       lambda other: f"bpfkit: waiting for another libbpf build ({other})"):
+        existing = _installed_in(root)
+        if existing:
+            return existing
+        return _build_locked(root, tarball)
+
+
+def _build_locked(root: Path, tarball: Path) -> LibbpfDist:
     if not tarball.exists():
         raise MissingDependency(
             f"libbpf >= {MIN_VERSION[0]}.{MIN_VERSION[1]} is needed and the system one is older or missing; "

@@ -288,14 +288,43 @@ def _unpin_all() -> None:
         PIN_DIR.rmdir()
 
 
+RUN_CGROUP_PREFIX = "bpfkit-mptcpize-run-"  # + creator pid + "-" + 8 hex digits (cgroup.temporary)
+_RUN_CGROUP_RE = re.compile(re.escape(RUN_CGROUP_PREFIX) + r"(\d+)-[0-9a-f]{8}")
+
+
+def _abandoned_run_cgroups() -> list[Path]:
+    """Transient cgroups of `mptcpize run`s killed before they cleaned up (SIGKILL): the creating
+    process (its pid is in the name) is gone and nothing runs in them any more. A command that
+    still runs keeps its cgroup, and its rewrite, until it ends."""
+    found = []
+    root = cgroup.cgroup2_root()
+    for path in root.glob(RUN_CGROUP_PREFIX + "*"):
+        match = _RUN_CGROUP_RE.fullmatch(path.name)
+        if not match or path.is_symlink() or not path.is_dir() or Path(f"/proc/{match[1]}").exists():
+            continue
+        try:
+            populated = "populated 0" not in (path / "cgroup.events").read_text()
+        except OSError:
+            continue
+        if not populated:
+            found.append(path)
+    return found
+
+
 def _collect_garbage(pinned: Pinned | None, *, stale_cgroups: bool) -> tuple[Pinned | None, list[int]]:
     """Remove what an interrupted attach/detach or a vanished cgroup left.
     Returns the attachment still standing (or None) and the cgroup ids dropped."""
+    dropped = []
+    for path in _abandoned_run_cgroups():
+        cg_id = cgroup.cgroup_id(path)
+        with contextlib.suppress(OSError):  # a process may have just entered it
+            path.rmdir()
+            if pinned is not None and pinned.cgroups.delete(cg_id):
+                dropped.append(cg_id)
     if pinned is None:
         if PIN_DIR.exists():  # map pins without a link pin: never committed
             _unpin_all()
-        return None, []
-    dropped = []
+        return None, dropped
     selected = pinned.selected()
     if stale_cgroups:
         alive = cgroup_paths(selected)
@@ -547,7 +576,7 @@ def run(command: list[str], options: Options = Options()) -> int:
     after. Returns CMD's exit status (128+N if killed by signal N)."""
     if not command:
         raise UsageError("no command given (expected: bpfkit mptcpize run -- CMD [ARGS...])")
-    with cgroup.temporary("bpfkit-mptcpize-run-") as cg:
+    with cgroup.temporary(RUN_CGROUP_PREFIX) as cg:
         attach(cg, options)
         try:
             return _run_in(cg, command)

@@ -361,6 +361,36 @@ def test_run_one_command(clean, capsys):
     assert_nothing_attached()
 
 
+def test_killed_run_leaves_its_cgroup_to_the_next_command(clean):
+    """SIGKILL of `mptcpize run` and its command (a killed session): the transient cgroup stays
+    selected until the next mptcpize command collects it; while a command runs in it, it stays."""
+    proc = subprocess.Popen([sys.executable, "-m", "bpfkit", "mptcpize", "run", "--", "sleep", "600"],
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            runs = list(cgroup.cgroup2_root().glob(f"{mptcpize.RUN_CGROUP_PREFIX}{proc.pid}-*"))
+            if runs and (runs[0] / "cgroup.procs").read_text().strip() and cgroup_status(runs[0]):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "mptcpize run did not start its command"
+            time.sleep(0.2)
+        [run_cg] = runs
+        proc.kill()  # bpfkit alone first: its command still runs, so the cgroup must stay
+        proc.wait()
+        assert mptcpize.status()["cgroups"] and run_cg.exists() and cgroup_status(run_cg)
+        os.killpg(proc.pid, signal.SIGKILL)  # then the command
+        end = time.monotonic() + 10
+        while "populated 1" in (run_cg / "cgroup.events").read_text():
+            assert time.monotonic() < end
+            time.sleep(0.1)
+        assert not mptcpize.status()["cgroups"]  # collected by the next command
+        assert not run_cg.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert_nothing_attached()
+
+
 def test_run_keeps_an_existing_attachment(attached, capsys):
     assert run_cli(capsys, "run", "--", "true")[0] == 0
     assert protocol_in(attached) == IPPROTO_MPTCP
