@@ -409,7 +409,7 @@ def pinned_names() -> list[str]:
 
 @contextlib.contextmanager
 def _lock():
-    """One bpfkit sched load/unload at a time (pins and records change together)."""
+    """One bpfkit sched load/unload/use at a time (pins, records and selections change together)."""
     fd = fs.lock_file(_run_dir() / ".lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -622,15 +622,18 @@ def _unload_foreign(name: str) -> UnloadResult:
 
 
 def use(name: str, netns: str | None = None) -> str:
-    """Select `name` for new MPTCP sockets of a netns; returns the previous one."""
+    """Select `name` for new MPTCP sockets of a netns; returns the previous one. Under the
+    scheduler lock, so an `unload` cannot take the name down between the check and the
+    selection (it would then find no user and unregister a scheduler just selected)."""
     validate_name(name)
-    names = available()
-    if name not in names:
-        hint = f"load it first: bpfkit sched load {name}" if name in builtin_sources() else None
-        raise UsageError(f"scheduler {name!r} is not registered (available: {', '.join(names)})", hint=hint)
-    before = selected(netns)
-    set_selected(name, netns)
-    return before
+    with _lock():
+        names = available()
+        if name not in names:
+            hint = f"load it first: bpfkit sched load {name}" if name in builtin_sources() else None
+            raise UsageError(f"scheduler {name!r} is not registered (available: {', '.join(names)})", hint=hint)
+        before = selected(netns)
+        set_selected(name, netns)
+        return before
 
 
 # ---------------------------------------------------------------- list / show

@@ -70,14 +70,14 @@ def print_report(result: dict) -> None:
         share = " / ".join(f"{p} {v * 100:.0f}%" for p, v in row["path_share"].items()) or "—"
         table.add_row(row["scenario"], f"[dim]{row['scheduler']}[/]" if row.get("reference") else row["scheduler"], f"{row['ok_runs']}/{row['runs']}", goodput,
                       "—" if row["vs_capacity"] is None or not bulk else f"{row['vs_capacity']:.2f}",
-                      "—" if row["vs_default"] is None or not bulk else f"{row['vs_default']:.2f}",
+                      "—" if row["vs_default"] is None or not bulk else f"{row['vs_default']:.2f}" + _bounds(row.get("vs_default_ci")),
                       completion, share)
     console.print(table)
 
     targets = Table(title=f"Targets: {result['targets_met']}/{result['targets_total']} met", title_justify="left")
     for column in ("Target", "Status", "Measured"):
         targets.add_column(column, overflow="fold")
-    style = {"met": "green", "unmet": "red", "not measured": "yellow"}
+    style = {"met": "green", "unmet": "red", "inconclusive": "yellow", "not measured": "yellow"}
     for t in result["targets"]:
         targets.add_row(t["description"], f"[{style[t['status']]}]{t['status']}[/]", describe_values(t))
     console.print(targets)
@@ -107,7 +107,8 @@ def describe_values(target: dict) -> str:
     if tid.startswith("wifi-lte-bulk-"):
         alone = (f", {v['vs_paths_alone']:.2f} × the paths alone" if v.get("vs_paths_alone") is not None else "")
         return (f"{v['goodput_bps'] / 1e6:.2f} Mbit/s = {v['vs_capacity']:.2f} × capacity{alone}, "
-                f"{v['vs_default']:.2f} × default ({v['default_goodput_bps'] / 1e6:.2f} Mbit/s){note}")
+                f"{v['vs_default']:.2f}{_bounds(v.get('vs_default_ci'))} × default "
+                f"({v['default_goodput_bps'] / 1e6:.2f} Mbit/s){note}")
     if tid == "wifi-lte-256k-blest":
         m = v["median_s"]
         alone = "".join(f", {p} alone {_ms(t)} ms" for p, t in v.get("alone_median_s", {}).items())
@@ -120,3 +121,8 @@ def describe_values(target: dict) -> str:
         parts = [f"{s} {e['verified_runs']}/{e['runs']}" for s, e in v["schedulers"].items()]
         return "verified runs: " + ", ".join(parts) + (f" ({target['note']})" if target.get("note") else "")
     return json.dumps(v)
+
+
+def _bounds(interval: list[float] | None) -> str:
+    """' [low, high]': a 95 % interval paired by repetition (lab/stats.py), or nothing."""
+    return "" if not interval else f" [{interval[0]:.2f}, {interval[1]:.2f}]"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bpfkit.lab import stats
 from bpfkit.lab.metrics import rate_series
 from bpfkit.lab.scenario import format_rate, format_time
 
@@ -180,10 +181,29 @@ def summarize(doc: dict) -> list[dict]:
             }
         )
     default = next((r for r in rows if r["scheduler"] == "default"), None)
+    default_by_rep = {r["repetition"]: r for r in by_scheduler.get("default", []) if r["ok"]}
     for row in rows:
         row["vs_default"] = ratio(row["goodput_bps"], default["goodput_bps"]) if default else None
         row["completion_p95_vs_default"] = ratio(row["completion_p95_s"], default["completion_p95_s"]) if default else None
+        # Intervals (stats.py): goodput over this scheduler's passing runs; the ratio to default
+        # over runs paired by repetition (same seed), both passing.
+        good = [r for r in by_scheduler[row["scheduler"]] if r["ok"]]
+        interval = stats.mean_interval([r["goodput_bps"] for r in good if r.get("goodput_bps")])
+        row["goodput_ci_bps"] = interval.bounds() if interval else None
+        pairs = [(r.get("goodput_bps"), default_by_rep[r["repetition"]].get("goodput_bps"))
+                 for r in good if r["repetition"] in default_by_rep]
+        interval = stats.ratio_interval(pairs) if default else None
+        row["vs_default_ci"] = interval.bounds() if interval else None
+        row["vs_default_pairs"] = len([p for p in pairs if p[0] is not None and p[1]])
     return rows
+
+
+def vs_default_interval(row: dict) -> "stats.Interval | None":
+    """The summary row's ratio to default with its interval (for verdicts against a bar)."""
+    if row.get("vs_default") is None:
+        return None
+    low, high = row.get("vs_default_ci") or (None, None)
+    return stats.Interval(row["vs_default"], low, high)
 
 
 # ---------------------------------------------------------------- formatting
@@ -225,7 +245,8 @@ def table_rows(doc: dict) -> list[list[str]]:
             row["scheduler"],
             f"{row['ok_runs']}/{row['runs']}",
             goodput,
-            _fmt(row["vs_default"], ".2f"),
+            _fmt(row["vs_default"], ".2f") + (f" [{row['vs_default_ci'][0]:.2f}, {row['vs_default_ci'][1]:.2f}]"
+                                                 if row.get("vs_default_ci") and row["scheduler"] != "default" else ""),
             _fmt(row["vs_capacity"], ".2f"),
             completion,
             _fmt(row["retrans_fraction"] and row["retrans_fraction"] * 100, ".2f", "%"),
@@ -267,6 +288,8 @@ def markdown_report(doc: dict, plots: list[str] | None = None) -> str:
         f"- shaping: **{doc['shaping']}** — {doc['shaping_note']}",
         f"- traffic: {_describe_traffic(sc['traffic'])}; scenario duration {format_time(sc['duration_s'])}",
         f"- schedulers: {', '.join(sc['schedulers'])}; repetitions: {sc['repetitions']}; seed: {sc['seed']} (repetition r uses seed + r)",
+        "- `× default [low, high]`: the ratio of mean goodputs and its 95 % bootstrap interval over runs paired by "
+        "repetition (same seed); no interval with fewer than two pairs",
         f"- measured {doc.get('started', '?')}: {len(doc['runs'])} run(s) in {doc.get('elapsed_s', 0):.1f} s",
         "",
         "| Path | Rate | One-way delay (base RTT) | Jitter | Loss | Queue (packets) | Backup |",

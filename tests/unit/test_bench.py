@@ -42,17 +42,37 @@ def _by_id(results: dict) -> dict[str, dict]:
 CAPACITY = 30e6  # wifi-lte: 20 + 10 Mbit/s
 
 
+def _reps(scheduler: str, goodputs: list[float]) -> list[dict]:
+    return [dict(_run(scheduler, goodput=g * CAPACITY, transfer=10.0), repetition=i) for i, g in enumerate(goodputs)]
+
+
 def test_bulk_target_needs_both_capacity_and_default():
     doc = _doc("wifi-lte", [
-        _run("default", goodput=0.90 * CAPACITY, transfer=10.0),
-        _run("minrtt", goodput=0.96 * CAPACITY, transfer=10.0),  # >= 0.95 and >= default: met
-        _run("blest", goodput=0.93 * CAPACITY, transfer=10.0),  # better than default, below 0.95: unmet
+        *_reps("default", [0.90, 0.88, 0.91]),
+        *_reps("minrtt", [0.96, 0.95, 0.97]),  # >= 0.95 and above default in every pair: met
+        *_reps("blest", [0.93, 0.92, 0.94]),  # better than default, below 0.95: unmet
     ])
     t = _by_id(_results(wifi_lte=doc))
     assert t["wifi-lte-bulk-minrtt"]["status"] == "met"
+    low, high = t["wifi-lte-bulk-minrtt"]["values"]["vs_default_ci"]
+    assert 1.0 < low <= 0.96 / 0.90 <= high
+    assert t["wifi-lte-bulk-blest"]["status"] == "unmet"
+
+    # one run each: nothing shows minrtt >= default beyond noise
+    doc = _doc("wifi-lte", [
+        _run("default", goodput=0.90 * CAPACITY, transfer=10.0),
+        _run("minrtt", goodput=0.96 * CAPACITY, transfer=10.0),
+    ])
+    t = _by_id(_results(wifi_lte=doc))
+    assert t["wifi-lte-bulk-minrtt"]["status"] == "inconclusive" and t["wifi-lte-bulk-minrtt"]["met"] is False
+    # pairs that disagree: the interval straddles 1.0
+    doc = _doc("wifi-lte", [*_reps("default", [0.95, 0.97, 0.96]), *_reps("minrtt", [0.99, 0.95, 0.96])])
+    assert _by_id(_results(wifi_lte=doc))["wifi-lte-bulk-minrtt"]["status"] == "inconclusive"
+
+    doc = _doc("wifi-lte", [*_reps("default", [0.90]), *_reps("minrtt", [0.96])])
+    t = _by_id(_results(wifi_lte=doc))
     assert t["wifi-lte-bulk-minrtt"]["values"]["vs_capacity"] == pytest.approx(0.96)
     assert t["wifi-lte-bulk-minrtt"]["values"]["vs_default"] == pytest.approx(0.96 / 0.90)
-    assert t["wifi-lte-bulk-blest"]["status"] == "unmet"
 
     slower_than_default = _doc("wifi-lte", [
         _run("default", goodput=0.97 * CAPACITY, transfer=10.0),

@@ -172,3 +172,22 @@ def test_mptcp_counters_parse_and_delta(tmp_path):
     assert counters == {"MPCapableSYNRX": 1, "MPJoinSynRx": 2, "MPTCPRetrans": 3}
     assert counter_delta({"MPCapableSYNRX": 1, "MPJoinSynRx": 0, "MPTCPRetrans": 3}, counters) == {"MPJoinSynRx": 2}
     assert read_mptcp_counters(tmp_path / "none") == {}
+
+
+def test_ratio_to_default_has_a_paired_interval():
+    # the same seed (repetition) is slower for both: pairing removes that common variation
+    doc = doc_with([run("default", 20e6, rep=0), run("default", 30e6, rep=1), run("default", 25e6, rep=2),
+                    run("bpf_x", 18e6, rep=0), run("bpf_x", 27e6, rep=1), run("bpf_x", 22.5e6, rep=2)])
+    _, other = report.summarize(doc)
+    assert other["vs_default"] == pytest.approx(0.9)
+    assert other["vs_default_ci"] == pytest.approx([0.9, 0.9])  # every pair is exactly 0.9
+    low, high = other["goodput_ci_bps"]
+    assert 18e6 <= low < 22.5e6 < high <= 27e6  # the unpaired goodput varies with the seed
+    assert report.table_rows(doc)[1][4] == "0.90 [0.90, 0.90]"
+    doc["runs"][4]["goodput_bps"] = 30e6  # one pair disagrees: the interval opens around the ratio
+    _, other = report.summarize(doc)
+    low, high = other["vs_default_ci"]
+    assert low < other["vs_default"] < high and low >= 0.9 - 1e-9
+    assert report.vs_default_interval(other).verdict(1.0, higher_is_better=True) == "inconclusive"
+    (only,) = report.summarize(doc_with([run("bpf_x", 1e6)]))
+    assert only["vs_default_ci"] is None and only["goodput_ci_bps"] is None
