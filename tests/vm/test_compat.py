@@ -68,9 +68,9 @@ CASES = {
     "burst": ("lowest RTT with room, in bursts: a verified transfer on two subflows",
               lambda r: r.share(1) + r.share(2) >= 1.0),
     # Turns count get_send() calls, not bytes, and a subflow's bytes include what it retransmits
-    # (shares add up to more than 100 %): 111/33, 70/44 and 76/25 % in three runs (2026-12-03), and
-    # one CI run where subflow 1's share was not the larger. Subflow 1 carrying at least half the
-    # data is what 3 turns in 4 give under any of those.
+    # (shares add up to more than 100 %): 111/33, 70/44 and 76/25 % in three runs (2026-12-03); one
+    # CI run failed the earlier "subflow 1 carries more" (detail not kept). Subflow 1 carrying at
+    # least half the data is what 3 turns in 4 give under any of those.
     "weighted": ("3:1 turns: subflow 1 carries at least half, subflow 2 some",
                  lambda r: r.share(1) >= 0.5 and r.share(2) >= 0.05),
     # equal fast paths: subflow 1 is idle again most of the time; what shows the kfunc at work is that
