@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -567,7 +568,7 @@ def _make(source_tree: Path, build_dir: Path, targets: list[str], log, progress:
             returncode = proc.wait()
         finally:
             if proc.poll() is None:  # interrupted (Ctrl-C, an exception): end make, it is in its own group
-                os.killpg(proc.pid, 9)
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             guard.release()
     log.flush()
