@@ -54,6 +54,8 @@ BTF_KIND_FUNC = 12
 # --- capturing libbpf's output ---------------------------------------------
 
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+# ring_buffer_sample_fn: (ctx, data, size) -> int; non-zero stops ring_buffer__poll
+_RINGBUF_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 _libc = ctypes.CDLL(None, use_errno=True)
 # x86_64: va_list is an array type, so the callback receives a pointer that
 # vsnprintf accepts as is.
@@ -143,6 +145,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map__btf_value_type_id": (c_uint32, [c_void_p]),
         "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
         "bpf_map__attach_struct_ops": (c_void_p, [c_void_p]),
+        "ring_buffer__new": (c_void_p, [c_int, _RINGBUF_FN, c_void_p, c_void_p]),
+        "ring_buffer__poll": (c_int, [c_void_p, c_int]),
+        "ring_buffer__free": (None, [c_void_p]),
         "bpf_link__fd": (c_int, [c_void_p]),
         "bpf_link__pin": (c_int, [c_void_p, c_char_p]),
         "bpf_link__disconnect": (None, [c_void_p]),
@@ -482,6 +487,48 @@ class Map:
 
     def __repr__(self) -> str:
         return f"<Map {self.name} fd={self.fd}>"
+
+
+class RingBuffer:
+    """A consumer of one BPF_MAP_TYPE_RINGBUF map: poll() hands each record's
+    bytes to `on_record`."""
+
+    def __init__(self, ringbuf: Map, on_record):
+        def sample(_ctx, data, size):
+            try:
+                on_record(ctypes.string_at(data, size))
+            except BaseException as exc:  # stop polling; re-raised by poll()
+                self._error = exc
+                return -1
+            return 0
+
+        self._error: BaseException | None = None
+        self._callback = _RINGBUF_FN(sample)  # kept referenced while libbpf holds it
+        ptr = lib().ring_buffer__new(ringbuf.fd, self._callback, None, None)
+        if not ptr:
+            raise LoadError(f"ring buffer on map {ringbuf.name}: {_strerror(ctypes.get_errno() or errno.EINVAL)}")
+        self._ptr = ptr
+
+    def poll(self, timeout_ms: int) -> int:
+        """Records consumed (0 on timeout)."""
+        n = lib().ring_buffer__poll(self._ptr, timeout_ms)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if n < 0 and -n != errno.EINTR:
+            raise LoadError(f"ring buffer poll: {_strerror(-n)}")
+        return max(n, 0)
+
+    def close(self) -> None:
+        if self._ptr:
+            lib().ring_buffer__free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "RingBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _optional_details(text: str) -> str:

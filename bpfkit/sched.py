@@ -259,18 +259,24 @@ def netns_names() -> list[str]:
         return []
 
 
+def netns_path(netns: str) -> Path:
+    """/run/netns/<netns> of a name from `ip netns list`, checked."""
+    if not netns or "/" in netns or netns in (".", "..") or not netns.isprintable():
+        raise UsageError(f"invalid network namespace name {netns!r} (a name from `ip netns list`)")
+    path = NETNS_DIR / netns
+    if not path.exists() or path.is_symlink():
+        raise UsageError(f"no network namespace {netns!r} (looked for {path})",
+                         hint=f"known: {', '.join(netns_names()) or 'none'}")
+    return path
+
+
 def _in_netns(netns: str | None, fn):
     """Run fn() in network namespace `netns` (None: the current one) from a
     helper thread: /proc/sys/net resolves to the netns of the thread that opens
     it, and setns(2) on a thread leaves the rest of the process alone."""
     if netns is None:
         return fn()
-    if not netns or "/" in netns or netns in (".", "..") or not netns.isprintable():
-        raise UsageError(f"invalid network namespace name {netns!r} (a name from `ip netns list`)")
-    path = NETNS_DIR / netns
-    if not path.exists():
-        raise UsageError(f"no network namespace {netns!r} (looked for {path})",
-                         hint=f"known: {', '.join(netns_names()) or 'none'}")
+    path = netns_path(netns)
     result: dict = {}
 
     def run() -> None:

@@ -56,15 +56,26 @@ class Subtest:
     reason: str = ""
 
 
+ANY_SCHEDULER = "*"
+ACCELS = ("kvm", "tcg")
+
+
 @dataclasses.dataclass(frozen=True)
 class KnownFailure:
     """A subtest that fails for a reason established elsewhere (README has the evidence): it is
-    reported, and does not fail the run; if it passes, the table says so, to be removed."""
+    reported, and does not fail the run; if it passes, the table says so, to be removed.
+    scheduler "*" is every scheduler; accel "kvm"/"tcg" limits it to guests run that way (a
+    timing limit that only a guest under TCG emulation misses), "" to none."""
 
     scheduler: str
     script: str
     subtest: int
     reason: str
+    accel: str = ""
+
+    def applies(self, scheduler: str, script: str, accel: str) -> bool:
+        return (self.scheduler in (ANY_SCHEDULER, scheduler) and self.script == script
+                and self.accel in ("", accel))
 
 
 def load_known(path: Path | None) -> list[KnownFailure]:
@@ -79,12 +90,20 @@ def load_known(path: Path | None) -> list[KnownFailure]:
     out = []
     for i, entry in enumerate(data.get("known", [])):
         try:
-            out.append(KnownFailure(str(entry["scheduler"]), str(entry["script"]), int(entry["subtest"]),
-                                    str(entry["reason"])))
-        except (KeyError, TypeError, ValueError) as exc:
+            known = KnownFailure(str(entry["scheduler"]), str(entry["script"]), int(entry["subtest"]),
+                                 str(entry["reason"]), str(entry.get("accel", "")))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"--known {path}: entry {i + 1} needs scheduler, script, subtest (a number) and "
                              f"reason ({exc})") from None
+        if known.accel not in ("", *ACCELS):
+            raise UsageError(f"--known {path}: entry {i + 1}: accel {known.accel!r} is not one of "
+                             f"{', '.join(ACCELS)}")
+        out.append(known)
     return out
+
+
+def known_subtests(known: list[KnownFailure], scheduler: str, script: str, accel: str) -> list[int]:
+    return sorted({k.subtest for k in known if k.applies(scheduler, script, accel)})
 
 
 @dataclasses.dataclass
@@ -117,8 +136,8 @@ class ScriptRun:
             return "known"
         return "fail"
 
-    def mark_known(self, known: list[KnownFailure]) -> None:
-        self.known = sorted(k.subtest for k in known if (k.scheduler, k.script) == (self.scheduler, self.script))
+    def mark_known(self, known: list[KnownFailure], accel: str) -> None:
+        self.known = known_subtests(known, self.scheduler, self.script, accel)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.subtests if s.status == status)

@@ -247,6 +247,16 @@ def _kvm_probe_file() -> Path:
     return cache_dir() / "kvm-probe.json"
 
 
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A notice about the accelerator, once per process (a command may ask more than once)."""
+    if message not in _said:
+        _said.add(message)
+        print(message, file=sys.stderr)
+
+
 def choose_accel(kernel: Path) -> str:
     """'kvm' if a guest really runs under KVM here, else 'tcg'. Decided once per
     (host kernel, vng version) by booting `kernel` under KVM, then cached;
@@ -257,7 +267,7 @@ def choose_accel(kernel: Path) -> str:
             raise UsageError(f"BPFKIT_VM_ACCEL={forced!r}: expected kvm or tcg")
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        print("bpfkit: no usable /dev/kvm; running the VM under TCG emulation (slower)", file=sys.stderr)
+        _say_once("bpfkit: no usable /dev/kvm; running the VM under TCG emulation (slower)")
         return "tcg"
     host = f"{os.uname().release} vng-{_vng_version()}"
     probe_file = _kvm_probe_file()
@@ -277,8 +287,7 @@ def choose_accel(kernel: Path) -> str:
         temp.replace(probe_file)
     if cached["kvm_usable"]:
         return "kvm"
-    print(f"bpfkit: KVM does not run guests here ({cached['detail']}); using TCG emulation (slower)",
-          file=sys.stderr)
+    _say_once(f"bpfkit: KVM does not run guests here ({cached['detail']}); using TCG emulation (slower)")
     return "tcg"
 
 

@@ -54,9 +54,61 @@ def register(subparsers) -> None:
         if exc.name != "bpfkit.sched_scaffold":
             raise
         return
+    tr = sub.add_parser("trace", help="print each decision of any scheduler (default or BPF) as it happens",
+                        description="Trace mptcp_sched_get_send()/get_retrans() (fentry/fexit, Linux >= 6.7): per "
+                                    "call the connection token, the scheduler, the subflow(s) it picked and what "
+                                    "it saw of each subflow. Nothing stays attached after it ends.")
+    tr.add_argument("name", nargs="?", help="only decisions of this scheduler (as in net.mptcp.scheduler)")
+    tr.add_argument("--netns", metavar="NS", help="only connections of this named network namespace")
+    tr.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: at Ctrl-C)")
+    tr.add_argument("--count", type=int, metavar="N", help="stop after N decisions")
+    tr.add_argument("--json", action="store_true", help="one JSON object per decision (JSON lines)")
+    tr.set_defaults(handler=handle_trace)
+
     nw = sub.add_parser("new", help="write a new scheduler source to start from")
     scaffold.add_new_arguments(nw)
     nw.set_defaults(handler=scaffold.run_new)
+
+
+def handle_trace(args) -> int:
+    import math
+    import sys
+    import time
+
+    from bpfkit import sched_trace
+    from bpfkit.errors import UsageError
+
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise UsageError(f"--duration must be a positive number of seconds, got {args.duration}")
+    if args.count is not None and args.count <= 0:
+        raise UsageError(f"--count must be positive, got {args.count}")
+    if args.name is not None:
+        sched.validate_name(args.name)
+    deadline = time.monotonic() + args.duration if args.duration else math.inf
+    shown = 0
+    start_ns = None
+    with sched_trace.Tracer(netns=args.netns) as tracer:
+        print("bpfkit: tracing scheduler decisions" + (f" in netns {args.netns}" if args.netns else "")
+              + " (Ctrl-C stops)", file=sys.stderr, flush=True)
+        try:
+            while time.monotonic() < deadline and (args.count is None or shown < args.count):
+                wait_ms = int(max(0.0, min(0.2, deadline - time.monotonic())) * 1000)
+                for decision in tracer.poll(wait_ms):
+                    if args.name is not None and decision["scheduler"] != args.name:
+                        continue
+                    if start_ns is None:
+                        start_ns = decision["time_ns"]
+                    print(json.dumps(decision) if args.json else sched_trace.format_decision(decision, start_ns),
+                          flush=True)
+                    shown += 1
+                    if args.count is not None and shown >= args.count:
+                        break
+        except KeyboardInterrupt:
+            pass
+        lost = tracer.lost()
+    if lost:
+        print(f"bpfkit: {lost} decisions were lost (the ring buffer was full)", file=sys.stderr)
+    return 0
 
 
 def handle_list(args) -> int:

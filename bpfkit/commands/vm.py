@@ -110,9 +110,9 @@ def handle_selftests(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.retries < 0:
         raise UsageError(f"--retries must be >= 0, got {args.retries}")
-    known_by_run: dict[str, list[int]] = {}
-    for k in known:
-        known_by_run.setdefault(f"{k.scheduler}/{k.script}", []).append(k.subtest)
+    accel = vm.choose_accel(bzimage)  # the run's, decided once per host (cached probe)
+    known_by_run = {f"{name}/{script}": subtests for name in schedulers for script in scripts
+                    if (subtests := selftests.known_subtests(known, name, script, accel))}
     plan = {"install_dir": str(install_dir), "out_dir": str(out_dir), "schedulers": schedulers,
             "scripts": scripts, "timeout": timeout, "retries": args.retries, "known": known_by_run}
     plan_file = out_dir / "plan.json"
@@ -125,7 +125,7 @@ def handle_selftests(args) -> int:
         print(f"bpfkit: the VM ended early: {exc.message}", file=sys.stderr)
     runs = selftests.load_results(out_dir)
     for r in runs:
-        r.mark_known(known)
+        r.mark_known(known, accel)
     if args.junit:
         selftests.write_junit(runs, args.junit)
     if args.json:

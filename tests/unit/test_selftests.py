@@ -76,16 +76,34 @@ def test_known_failures_are_reported_not_counted(tmp_path):
                           'reason = "min-RTT tail on the slow path"\n')
     known = selftests.load_known(known_file)
     r = run(1)
-    r.mark_known(known)
+    r.mark_known(known, "tcg")
     assert r.status == "known"
     other = selftests.ScriptRun("blest", "simult_flows.sh", 1, 1.0, selftests.parse_tap(TAP), "/x", 1)
-    other.mark_known(known)
+    other.mark_known(known, "tcg")
     assert other.status == "fail"
     passing = run(0, text="ok 3 - x\n")
-    passing.mark_known(known)
+    passing.mark_known(known, "tcg")
     assert passing.status == "pass" and "known failure(s) #3 passed" in selftests.format_table([passing])
     known_file.write_text('[[known]]\nscheduler = "minrtt"\n')
     with pytest.raises(UsageError, match="entry 1 needs"):
+        selftests.load_known(known_file)
+
+
+def test_known_failure_for_every_scheduler_under_one_accel(tmp_path):
+    known_file = tmp_path / "known.toml"
+    known_file.write_text('[[known]]\nscheduler = "*"\nscript = "simult_flows.sh"\nsubtest = 3\n'
+                          'accel = "tcg"\nreason = "a timing limit TCG misses"\n')
+    known = selftests.load_known(known_file)
+    for name in ("minrtt", "default"):
+        under_tcg = selftests.ScriptRun(name, "simult_flows.sh", 1, 1.0, selftests.parse_tap(TAP), "/x", 1)
+        under_tcg.mark_known(known, "tcg")
+        assert under_tcg.status == "known"
+        under_kvm = selftests.ScriptRun(name, "simult_flows.sh", 1, 1.0, selftests.parse_tap(TAP), "/x", 1)
+        under_kvm.mark_known(known, "kvm")
+        assert under_kvm.status == "fail"
+    assert selftests.known_subtests(known, "ecf", "diag.sh", "tcg") == []
+    known_file.write_text(known_file.read_text().replace('"tcg"', '"qemu"'))
+    with pytest.raises(UsageError, match="accel 'qemu' is not one of kvm, tcg"):
         selftests.load_known(known_file)
 
 
