@@ -12,9 +12,12 @@ a trace stopped any way (also SIGKILL) leaves nothing attached."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from bpfkit import build, libbpf
@@ -145,6 +148,71 @@ class Tracer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Recorder:
+    """Polls a tracer from a thread while the block runs (the ring buffer holds about
+    13 000 decisions; a long transfer makes more)."""
+
+    def __init__(self, tracer: Tracer):
+        self.tracer = tracer
+        self.decisions: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sched-trace")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.decisions += self.tracer.poll(100)
+
+    def __enter__(self) -> "Recorder":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.decisions += self.tracer.poll(0)
+
+
+TIMELINE_MAX = 20_000  # decisions kept per run in results.json (every n-th beyond)
+
+
+def summarize(decisions: list[dict], lost: int) -> dict:
+    """What `lab run --trace` keeps of a run's decisions: counts, picks per subflow id,
+    the mean time in the scheduler, and a timeline (t: CLOCK_MONOTONIC seconds; chosen:
+    the first picked subflow id, 0 for none; call: get_send / get_retrans)."""
+    calls: dict[str, int] = {}
+    picks: dict[str, int] = {}
+    for d in decisions:
+        calls[d["call"]] = calls.get(d["call"], 0) + 1
+        for i in d["chosen"]:
+            picks[str(i)] = picks.get(str(i), 0) + 1
+    step = max(1, -(-len(decisions) // TIMELINE_MAX))
+    kept = decisions[::step]
+    durations = [d["duration_ns"] for d in decisions]
+    return {
+        "count": len(decisions),
+        "lost": lost,
+        "calls": calls,
+        "picks": picks,
+        "schedulers": sorted({d["scheduler"] for d in decisions}),
+        "mean_call_us": round(sum(durations) / len(durations) / 1000, 2) if durations else None,
+        "every": step,
+        "t": [d["time_ns"] / 1e9 for d in kept],
+        "chosen": [d["chosen"][0] if d["chosen"] else 0 for d in kept],
+        "call": [d["call"] for d in kept],
+    }
+
+
+@contextlib.contextmanager
+def observe(netns: str) -> Iterator[dict]:
+    """A lab observer (bpfkit.lab.runner.Observer): the decisions in `netns` while the
+    block runs, summarized into the yielded dict when it exits."""
+    out: dict = {}
+    with Tracer(netns=netns) as tracer:
+        with Recorder(tracer) as recorder:
+            yield out
+        out.update(summarize(recorder.decisions, tracer.lost()))
 
 
 def format_decision(d: dict, start_ns: int) -> str:

@@ -47,6 +47,8 @@ def register(subparsers) -> None:
     r.add_argument("--seed", type=int, metavar="N", help="override the scenario's seed")
     r.add_argument("--shaping", choices=["auto", "netem", "tbf"], default="auto", help="auto: netem when the kernel has it, else tbf (rate only)")
     r.add_argument("--no-report", action="store_true", help="only measure and write results.json")
+    r.add_argument("--trace", action="store_true", help="record each scheduler decision of the data sender (bpfkit "
+                                                       "sched trace) per run; the report adds a decision timeline")
     r.add_argument("--kernel", type=Path, metavar="PATH", help="VM kernel (bzImage or kernels/<key> dir); default: the cached build")
     r.add_argument("--vm-timeout", type=float, metavar="S", help="kill the VM after S seconds (default: from the scenario's timeouts)")
     r.set_defaults(handler=handle_run)
@@ -97,7 +99,7 @@ def handle_run(args) -> int:
         exit_code = _run_in_vm(args, scenario, out, console)
         doc = runner.load_results(out)
     else:
-        doc = _run_on_host(scenario, args.shaping, console, quiet=args.json)
+        doc = _run_on_host(scenario, args.shaping, console, quiet=args.json, trace=args.trace)
         runner.write_results(doc, out)
         exit_code = 0 if all(r["ok"] for r in doc["runs"]) else 1
     files = [out / "results.json"]
@@ -111,8 +113,16 @@ def handle_run(args) -> int:
     return exit_code
 
 
-def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool) -> dict:
+def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool, trace: bool = False) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    observe = None
+    if trace:
+        from bpfkit import sched_trace
+
+        with sched_trace.Tracer():  # refused here (one error, exit 4) rather than in the first run
+            pass
+        observe = sched_trace.observe
 
     total_runs = len(scenario.schedulers) * scenario.repetitions
     expected = scenario.duration_s
@@ -125,7 +135,7 @@ def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool
             goodput = f"{run['goodput_bps'] / 1e6:.2f} Mbit/s" if run.get("goodput_bps") else "-"
             console.print(f"[{len(done)}/{total_runs}] {run['scheduler']} #{run['repetition'] + 1}: {goodput} {status}", highlight=False)
 
-        return runner.run_scenario(scenario, shaping=shaping, on_run_done=on_run_done)
+        return runner.run_scenario(scenario, shaping=shaping, on_run_done=on_run_done, observe=observe)
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -146,7 +156,8 @@ def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool
             if not run["ok"]:
                 console.print(f"[red]{run['scheduler']} #{run['repetition'] + 1} FAILED[/]: {'; '.join(run['failures'])}", highlight=False)
 
-        return runner.run_scenario(scenario, shaping=shaping, progress=progress, on_run_done=on_run_done)
+        return runner.run_scenario(scenario, shaping=shaping, progress=progress, on_run_done=on_run_done,
+                                   observe=observe)
 
 
 def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
@@ -159,6 +170,8 @@ def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
     command = [sys.executable, "-m", "bpfkit", "lab", "run", str(args.scenario.resolve()), "--host", "--no-report", "--out", str(out)]
     command += ["--schedulers", ",".join(scenario.schedulers), "--repetitions", str(scenario.repetitions), "--seed", str(scenario.seed)]
     command += ["--shaping", args.shaping]
+    if args.trace:
+        command.append("--trace")
     if args.duration_scale != 1.0:
         command += ["--duration-scale", repr(args.duration_scale)]
     runs = len(scenario.schedulers) * scenario.repetitions

@@ -323,6 +323,20 @@ def markdown_report(doc: dict, plots: list[str] | None = None) -> str:
             f"Path-limited counts the runs that reached {PATH_LIMITED_GOODPUT:.0%} of capacity or kept one path {PATH_LIMITED_GOODPUT:.0%} busy;",
             "the others were limited by something else (CPU, windows) and say little about the scheduler.",
         ]
+    traced = [r for r in doc["runs"] if "observed" in r]
+    if traced:
+        lines += ["", "## Scheduler decisions (`--trace`)", "",
+                  "Each get_send/get_retrans of the data sender's connection, traced in the kernel (`bpfkit sched trace`).",
+                  "", "| Scheduler | Run | Decisions | get_send | get_retrans | Picks per subflow | Mean call | Lost |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in traced:
+            obs = r["observed"]
+            total = sum(obs.get("picks", {}).values()) or 1
+            picks = ", ".join(f"#{i} {n / total:.0%}" for i, n in sorted(obs.get("picks", {}).items())) or "-"
+            mean_us = f"{obs['mean_call_us']:.1f} µs" if obs.get("mean_call_us") is not None else "-"
+            lines.append(f"| {r['scheduler']} | {r['repetition'] + 1} | {obs.get('count', 0)} | "
+                         f"{obs.get('calls', {}).get('get_send', 0)} | {obs.get('calls', {}).get('get_retrans', 0)} | "
+                         f"{picks} | {mean_us} | {obs.get('lost', 0)} |")
     failures = [(r["scheduler"], r["repetition"], f) for r in doc["runs"] for f in r.get("failures", [])]
     if failures:
         lines += ["", "## Failed runs", ""]
@@ -476,6 +490,41 @@ def plot_rtt(doc: dict, path: Path) -> Path:
     return path
 
 
+def plot_decisions(doc: dict, path: Path) -> Path | None:
+    """The scheduler's decisions over time (`lab run --trace`): per representative run, the
+    subflow each get_send (dot) / get_retrans (cross) picked, one row per subflow, on the
+    throughput plot's time axis."""
+    runs = [r for r in _representative_runs(doc) if r.get("observed", {}).get("t")]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.6 * len(runs) + 0.9), sharex=True, squeeze=False)
+    for ax, run in zip(axes[:, 0], runs):
+        obs = run["observed"]
+        for call, marker in (("get_send", "."), ("get_retrans", "x")):
+            xs = [t for t, c in zip(obs["t"], obs["call"]) if c == call]
+            ys = [i for i, c in zip(obs["chosen"], obs["call"]) if c == call]
+            if xs:
+                ax.plot(xs, ys, linestyle="none", marker=marker, markersize=3, label=call)
+        picks = ", ".join(f"#{i}: {n}" for i, n in sorted(obs.get("picks", {}).items()))
+        sampled = f", every {obs['every']}th shown" if obs.get("every", 1) > 1 else ""
+        ax.set_title(f"{run['scheduler']} — {obs.get('count', 0)} decisions ({picks}){sampled}", loc="left", fontsize=10)
+        ax.set_ylabel("subflow")
+        ax.set_yticks(sorted({*obs["chosen"]}))
+        ax.grid(True, alpha=0.3)
+    axes[-1, 0].set_xlabel("seconds since connection start   (0: nothing picked)")
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"Scheduler decisions (data sender) — {doc['scenario']['name']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_completion_cdf(doc: dict, path: Path) -> Path | None:
     """Empirical CDF of completion times (request-response), message latencies
     (cbr) or transfer times (bulk with several repetitions), per scheduler."""
@@ -516,9 +565,9 @@ def render(doc: dict, out_dir: Path) -> list[Path]:
     """Write report.md and the plots into out_dir; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [plot_throughput(doc, out_dir / "throughput.png"), plot_rtt(doc, out_dir / "rtt.png")]
-    cdf = plot_completion_cdf(doc, out_dir / "completion_cdf.png")
-    if cdf:
-        plots.append(cdf)
+    for extra in (plot_completion_cdf(doc, out_dir / "completion_cdf.png"), plot_decisions(doc, out_dir / "decisions.png")):
+        if extra:
+            plots.append(extra)
     report = out_dir / "report.md"
     report.write_text(markdown_report(doc, [str(p) for p in plots]))
     return [report, *plots]

@@ -32,6 +32,9 @@ SAMPLE_INTERVAL_S = 0.1
 STARTUP_TIMEOUT_S = 180.0  # a bound for failures only; a TCG-emulated guest can take a minute to start Python
 
 ProgressCallback = Callable[[str, float], None]  # (status text, seconds elapsed in this run)
+# netns name -> a context manager around the run, yielding a dict it fills on exit (e.g. the
+# scheduler's decisions, recorded by `lab run --trace`; the lab itself knows nothing of how)
+Observer = Callable[[str], contextlib.AbstractContextManager]
 
 
 class LabError(BpfkitError):
@@ -163,13 +166,21 @@ def run_once(
     *,
     shaping: str = "auto",
     progress: ProgressCallback | None = None,
+    observe: Observer | None = None,
 ) -> dict:
-    """One measurement: fresh topology, one scheduler, one connection."""
+    """One measurement: fresh topology, one scheduler, one connection.
+
+    observe(netns) is entered for the whole run with the network namespace of the
+    side that sends the data (whose scheduler decides); what it yields is a dict that
+    it fills when it exits, stored as the run's "observed", its "t" (CLOCK_MONOTONIC
+    seconds) turned into seconds since the connection started."""
     seed = scenario.seed + repetition
     spec = json.dumps(traffic_spec(scenario, seed))
     python = sys.executable
-    with tempfile.TemporaryDirectory(prefix="bpfkit-lab-") as tmp, Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping) as topo:
+    with tempfile.TemporaryDirectory(prefix="bpfkit-lab-") as tmp, Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping) as topo, contextlib.ExitStack() as observing:
         topo.set_scheduler(scheduler)
+        sender_ns = topo.server_ns if scenario.traffic.data_sender == "server" else topo.client_ns
+        observed = observing.enter_context(observe(sender_ns)) if observe else None
         result_files = {side: Path(tmp) / f"{side}.json" for side in ("client", "server")}
         common = ["-m", "bpfkit.lab.traffic"]
         server = topo.popen(
@@ -219,6 +230,9 @@ def run_once(
         shaping_used = topo.shaping
     run = reduce_run(scenario, scheduler, repetition, seed, sides, path_of, int(t0 * 1e9))
     run.update(shaping=shaping_used, qdisc=qdisc, events=events.applied, topology=topology_info)
+    if observed is not None:
+        observed["t"] = [round(t - t0, 4) for t in observed.get("t", [])]
+        run["observed"] = observed
     if timed_out:
         run["failures"].insert(0, f"timed out after {scenario.effective_timeout_s:g} s")
     run["failures"].extend(events.errors)
@@ -328,6 +342,7 @@ def run_scenario(
     shaping: str = "auto",
     progress: ProgressCallback | None = None,
     on_run_done: Callable[[dict], None] | None = None,
+    observe: Observer | None = None,
 ) -> dict:
     """Every scheduler × repetition on this kernel; returns the results document."""
     if os.geteuid() != 0:
@@ -349,7 +364,7 @@ def run_scenario(
     with terminate_on_sigterm():
         for scheduler in scenario.schedulers:
             for repetition in range(scenario.repetitions):
-                run = run_once(scenario, scheduler, repetition, shaping=mode, progress=progress)
+                run = run_once(scenario, scheduler, repetition, shaping=mode, progress=progress, observe=observe)
                 doc["runs"].append(run)
                 if on_run_done:
                     on_run_done(run)

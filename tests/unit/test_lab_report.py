@@ -191,3 +191,16 @@ def test_ratio_to_default_has_a_paired_interval():
     assert report.vs_default_interval(other).verdict(1.0, higher_is_better=True) == "inconclusive"
     (only,) = report.summarize(doc_with([run("bpf_x", 1e6)]))
     assert only["vs_default_ci"] is None and only["goodput_ci_bps"] is None
+
+
+def test_traced_runs_get_a_decisions_section_and_timeline(tmp_path):
+    traced = run("minrtt", 2.0e6)
+    traced["observed"] = {"count": 4, "lost": 0, "calls": {"get_send": 3, "get_retrans": 1}, "picks": {"1": 3, "2": 1},
+                          "schedulers": ["minrtt"], "mean_call_us": 2.5, "every": 1, "t": [0.1, 0.2, 0.3, 0.4],
+                          "chosen": [1, 1, 2, 1], "call": ["get_send", "get_send", "get_retrans", "get_send"]}
+    doc = doc_with([run("default", 2.1e6), traced])
+    text = report.markdown_report(doc)
+    assert "## Scheduler decisions" in text
+    assert "| minrtt | 1 | 4 | 3 | 1 | #1 75%, #2 25% | 2.5 µs | 0 |" in text
+    assert report.plot_decisions(doc, tmp_path / "d.png").stat().st_size > 0
+    assert report.plot_decisions(doc_with([run("default", 2.1e6)]), tmp_path / "none.png") is None

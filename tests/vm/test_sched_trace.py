@@ -4,7 +4,8 @@ default, each during a verified two-path transfer. The trace must agree with wha
 the kernel did: every subflow that carried data was picked by some decision, the
 picked subflows are the connection's own, each decision names its scheduler, and
 what it reports of each subflow is a live TCP state. The CLI's tracer sees only
-its netns and leaves nothing attached when it is interrupted."""
+its netns and leaves nothing attached when it is interrupted. `lab run --trace`
+keeps the data sender's decisions in results.json, consistent with its bytes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -26,30 +26,6 @@ from tests.vm.test_schedulers import PROJECT, Loaded, MiB, pair, transfer  # noq
 pytestmark = pytest.mark.vm
 
 ESTABLISHED = 1
-
-
-class Collector:
-    """Polls a tracer from a thread while the block runs (the ring buffer holds
-    ~13 000 decisions; a long transfer can make more)."""
-
-    def __init__(self, tracer: sched_trace.Tracer):
-        self.tracer = tracer
-        self.decisions: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.decisions += self.tracer.poll(100)
-
-    def __enter__(self) -> "Collector":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.decisions += self.tracer.poll(0)
 
 
 def check_against_transfer(decisions: list[dict], res, scheduler: str) -> list[dict]:
@@ -77,7 +53,7 @@ def test_trace_agrees_with_the_transfer(pair, no_leftover_bpf, origin):  # noqa:
     with ctx as name:
         pair.set_scheduler(name)
         with sched_trace.Tracer(netns=pair.cli) as tracer:
-            with Collector(tracer) as got:
+            with sched_trace.Recorder(tracer) as got:
                 res = transfer(pair, 4 * MiB)
             lost = tracer.lost()
         pair.set_scheduler("default")
@@ -127,3 +103,44 @@ def test_cli_traces_default_in_its_netns_only_and_leaves_nothing(pair, idle_netn
     check_against_transfer(results["client"], res, "default")
     # a tracer of a netns without connections saw none of the client's decisions
     assert results["idle"] == []
+
+
+SCENARIO = """
+name = "trace-two-paths"
+duration = "5s"
+seed = 3
+schedulers = ["minrtt"]
+
+[paths.a]
+rate = "3mbit"
+delay = "5ms"
+
+[paths.b]
+rate = "3mbit"
+delay = "20ms"
+
+[traffic]
+kind = "bulk"
+time = "5s"
+"""
+
+
+def test_lab_run_trace_records_the_senders_decisions(tmp_path, no_leftover_bpf):  # noqa: F811
+    scenario = tmp_path / "trace.toml"
+    scenario.write_text(SCENARIO)
+    out = tmp_path / "out"
+    with Loaded("minrtt"):
+        proc = subprocess.run([sys.executable, "-m", "bpfkit", "lab", "run", str(scenario), "--host", "--trace",
+                               "--no-report", "--out", str(out)], capture_output=True, text=True, cwd=PROJECT, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["ok"], run["failures"]
+    obs = run["observed"]
+    assert obs["count"] > 0 and obs["lost"] == 0 and obs["schedulers"] == ["minrtt"]
+    assert obs["calls"].get("get_send", 0) > 0
+    # the server sends (a download): its decisions, in the connection's time
+    assert all(-1.0 <= t <= 5.0 + 30.0 for t in obs["t"]) and len(obs["t"]) == len(obs["chosen"])
+    # (the report's decisions table and timeline: tests/unit/test_lab_report.py; matplotlib's first
+    # font-cache build in the guest takes minutes under TCG, so `lab run --vm` renders on the host)
+    carried = {str(sf["id"]) for sf in run["subflows"].values() if max([v for v in sf["bytes_acked"] if v] or [0]) > 100_000}
+    assert carried and carried <= set(obs["picks"]), (carried, obs["picks"])
