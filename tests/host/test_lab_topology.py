@@ -76,7 +76,10 @@ def test_failed_setup_cleans_up_what_it_created():
 
 SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # Python leaves SIGINT ignored when its parent ignored it (a background job of a
+    # non-interactive shell does): give this process the handler a terminal's Ctrl-C meets.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from bpfkit.lab.runner import terminate_on_sigterm
     from bpfkit.lab.scenario import parse_scenario
     from bpfkit.lab.topology import Topology
@@ -98,7 +101,7 @@ def test_teardown_on_signal(signum):
         names, child = line[:3], int(line[3])
         assert set(names) <= set(netns.listnetns())
         proc.send_signal(signum)
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)  # teardown takes ~1 s; a hang is what this catches
     finally:
         if proc.poll() is None:
             proc.kill()
