@@ -106,9 +106,9 @@ class Tracer:
         except LoadError as exc:
             if "Operation not permitted" in exc.message or "EPERM" in exc.message:
                 raise KernelUnsupported(f"the kernel refused the fentry/fexit programs ({exc.message.splitlines()[0]})",
-                                        hint="some kernels refuse tracing programs (this host's 6.18 does: "
-                                             "EPERM); trace in bpfkit's VM kernel: bpfkit vm run -- bpfkit sched "
-                                             "trace ...") from None
+                                        hint="some kernels refuse fentry/fexit programs (Linux 6.18 on a "
+                                             "PVM host did, with EPERM); trace in bpfkit's VM kernel: bpfkit vm "
+                                             "run -- bpfkit sched trace ...") from None
             raise
         self._links: list[libbpf.Link] = []
         self._pending: list[dict] = []
@@ -157,12 +157,16 @@ class Recorder:
     def __init__(self, tracer: Tracer):
         self.tracer = tracer
         self.decisions: list[dict] = []
+        self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sched-trace")
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.decisions += self.tracer.poll(100)
+        try:
+            while not self._stop.is_set():
+                self.decisions += self.tracer.poll(100)
+        except BaseException as exc:  # raised in the owner's thread at exit, never lost with the thread
+            self._error = exc
 
     def __enter__(self) -> "Recorder":
         self._thread.start()
@@ -171,6 +175,8 @@ class Recorder:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(30)
+        if self._error is not None:
+            raise self._error
         self.decisions += self.tracer.poll(0)
 
 
