@@ -96,9 +96,10 @@ test-distro: setup
 		$(PYTEST) -m distro --durations=10 tests/distro/test_distro_kernel.py
 
 # Upstream's MPTCP selftests of the kernel's own source, per scheduler (bpfkit vm selftests).
-# In `make test`: simult_flows (the script a scheduler decides) for default, minrtt, blest and ecf;
-# mptcp_sockopt and diag with minrtt (a BPF scheduler selected: the series' struct_ops path under
-# upstream's functional scripts). Not here, in test-selftests-full: redundant's simult_flows (8 of its
+# In `make test`, the in-kernel default and one BPF scheduler (minrtt: the series' struct_ops path):
+# simult_flows (the script a scheduler decides) for both; mptcp_sockopt and diag with minrtt. Not here,
+# in test-selftests-full: blest's and ecf's simult_flows (6 min together; `make test` ran them until
+# 2026-12-03, when a CI run on the slower CI machine took 87 of its 90 min), redundant's (8 of its
 # 10 subtests are known failures by design; 223 s; the VM tier checks what redundant promises), and
 # the functional scripts under the other schedulers (they exercise no scheduler decision). Measured
 # under TCG (clean-clone CI runs, 2026-12-03): simult_flows 150-175 s per scheduler, mptcp_sockopt
@@ -110,7 +111,7 @@ SELFTEST_SCHEDULERS := default,minrtt,redundant,blest,ecf
 # retries it too. A retry is reported as flaky in the table.
 SELFTESTS := $(BPFKIT) vm selftests --known tests/selftests-known.toml --retries 1
 test-selftests: setup
-	$(SELFTESTS) --scheduler default,minrtt,blest,ecf --tests simult_flows --junit selftests-simult.xml
+	$(SELFTESTS) --scheduler default,minrtt --tests simult_flows --junit selftests-simult.xml
 	$(SELFTESTS) --scheduler minrtt --tests mptcp_sockopt,diag --junit selftests-functional.xml
 
 test-selftests-full: setup
