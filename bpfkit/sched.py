@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bpfkit import fs
+from bpfkit import fs, sched_name
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UnsafePath, UsageError
 from bpfkit.paths import BPF_DIR, PIN_ROOT, cache_dir
 
@@ -51,12 +51,11 @@ RUN_DIR = Path(os.environ.get("BPFKIT_RUN_DIR", "/run/bpfkit")) / "sched"  # rec
 NETNS_DIR = Path("/var/run/netns")
 SYSCTL_DIR = Path("/proc/sys/net/mptcp")
 DEFAULT = "default"  # the in-kernel scheduler; always registered, cannot be unloaded
-NAME_MAX = 15  # MPTCP_SCHED_NAME_MAX (16) counts the terminating NUL
+NAME_MAX = sched_name.NAME_MAX
 CURRENT_NETNS = "(current)"
 UNREGISTER_TIMEOUT = 30.0
 REDUNDANT_FLAG = 0x1  # MPTCP_SCHED_FLAG_REDUNDANT (vm/patches/6.12/0004)
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _CLONE_NEWNET = 0x40000000
 
 
@@ -65,12 +64,7 @@ _CLONE_NEWNET = 0x40000000
 
 def validate_name(name: str) -> str:
     """A scheduler name as net.mptcp.scheduler and a pin directory accept it."""
-    if not name or len(name) > NAME_MAX:
-        raise UsageError(f"scheduler name {name!r} must be 1-{NAME_MAX} characters (MPTCP_SCHED_NAME_MAX)")
-    if not _NAME_RE.fullmatch(name):
-        raise UsageError(f"scheduler name {name!r}: use letters, digits, '_', '-', '.' (not starting with '-' "
-                         f"or '.')")
-    return name
+    return sched_name.check(name)
 
 
 def _strip_c_comments(text: str) -> str:

@@ -20,6 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from bpfkit import sched_name
 from bpfkit.errors import BpfkitError, UsageError
 from bpfkit.paths import BPF_DIR, TEMPLATES_DIR
 
@@ -29,7 +30,7 @@ AVAILABLE_SCHEDULERS = Path("/proc/sys/net/mptcp/available_schedulers")
 MINIMAL = "minimal"
 REFERENCE_ORIGINS = ("minrtt", "redundant", "blest", "ecf")
 ORIGINS = (MINIMAL, *REFERENCE_ORIGINS)
-NAME_MAX = 15  # MPTCP_SCHED_NAME_MAX (16) includes the terminating NUL
+NAME_MAX = sched_name.NAME_MAX
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -88,11 +89,9 @@ def existing_scheduler_names(available_file: Path = AVAILABLE_SCHEDULERS) -> set
 
 def validate_name(name: str, existing: set[str] | None = None) -> str:
     """NAME as given, or UsageError saying what is wrong with it."""
-    if not isinstance(name, str) or not name:
-        raise UsageError("scheduler name: empty")
-    if len(name) > NAME_MAX:
-        raise UsageError(f"scheduler name {name!r}: {len(name)} characters, at most {NAME_MAX} "
-                         "(the kernel's MPTCP_SCHED_NAME_MAX is 16 including the NUL)")
+    if not (isinstance(name, str) and 0 < len(name) <= NAME_MAX):
+        sched_name.check(name)  # raises: empty, too long or not a string
+    # stricter than sched_name's rule: the name also becomes the C identifier of the ops map
     if not _NAME_RE.fullmatch(name):
         raise UsageError(f"scheduler name {name!r}: use lower-case letters, digits and '_', starting with a letter",
                          hint="it becomes a C identifier and the net.mptcp.scheduler value, e.g. my_sched")

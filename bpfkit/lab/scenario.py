@@ -14,12 +14,12 @@ import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path as FilePath
 
+from bpfkit import sched_name
 from bpfkit.errors import UsageError
 
 MAX_PATHS = 8  # the in-kernel path manager accepts at most 8 subflows
 MTU_FRAME = 1514  # bytes on the wire per full-sized packet (1500 + Ethernet header)
 MIN_QUEUE_PACKETS = 16  # floor for the BDP-derived default bottleneck buffer
-SCHEDULER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,14}$")  # MPTCP_SCHED_NAME_MAX = 16 incl. NUL
 PATH_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
 TRAFFIC_KINDS = ("bulk", "request-response", "cbr")
@@ -354,12 +354,7 @@ _TRAFFIC_KEYS = {
 
 def validate_scheduler_name(name, key: str = "schedulers", source: str = "<arguments>") -> str:
     """Syntax only (the kernel decides whether it exists, checked before a run)."""
-    if not isinstance(name, str) or not SCHEDULER_NAME.match(name):
-        raise UsageError(
-            f"{source}: {key}: invalid scheduler name {name!r}",
-            hint="a scheduler name is 1-15 characters of letters, digits and '_' (as in net.mptcp.available_schedulers)",
-        )
-    return name
+    return sched_name.check(name, where=f"{source}: {key}")
 
 
 def _parse_path_params(c: _Checker, key: str, data: dict, current: dict) -> dict:

@@ -110,7 +110,7 @@ def test_parse_size(text, value):
         (with_change("events.0.action", "flap"), "x.toml: events[0].action: must be one of"),
         (with_change("events.0.rate", "1mbit"), "x.toml: events[0].rate: only `set` events take"),
         (with_change("events.1.action", "down"), "x.toml: events: path 'wifi' is already down"),
-        (with_change("schedulers", ["default", "bpf-rr"]), "x.toml: schedulers[1]: invalid scheduler name 'bpf-rr'"),
+        (with_change("schedulers", ["default", "-rr"]), "x.toml: schedulers[1]: invalid scheduler name '-rr'"),
         (with_change("schedulers", ["a_name_that_is_too_long"]), "x.toml: schedulers[0]: invalid scheduler name"),
         (with_change("schedulers", ["default", "default"]), "x.toml: schedulers[1]: scheduler 'default' is listed twice"),
         (with_change("schedulers", []), "x.toml: schedulers: expected a non-empty list"),

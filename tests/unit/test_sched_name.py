@@ -1,0 +1,50 @@
+"""One scheduler-name rule: `sched` (load/use), the lab (scenarios, --schedulers)
+and the scaffold accept the same names, the scaffold a subset (its names are C
+identifiers too)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bpfkit import sched, sched_name, sched_scaffold
+from bpfkit.errors import UsageError
+from bpfkit.lab import scenario
+
+pytestmark = pytest.mark.unit
+
+NAMES = st.one_of(st.text(max_size=20),
+                  st.text(alphabet="abcXYZ019_.-", max_size=18),
+                  st.sampled_from(["bpf_rr", "bpf-rr", "red.v2", ".hidden", "-x", "a" * 15, "a" * 16, "my sched"]))
+
+
+def accepts(check, name) -> bool:
+    try:
+        check(name)
+        return True
+    except UsageError:
+        return False
+
+
+@given(NAMES)
+def test_sched_lab_and_scaffold_share_one_rule(name):
+    by_sched = accepts(sched.validate_name, name)
+    assert accepts(scenario.validate_scheduler_name, name) == by_sched
+    assert accepts(sched_name.check, name) == by_sched
+    if accepts(lambda n: sched_scaffold.validate_name(n, existing=set()), name):
+        assert by_sched, f"the scaffold makes {name!r}, which `sched load` would refuse"
+
+
+@pytest.mark.parametrize("name", ["bpf_rr", "bpf-rr", "red.v2", "0day", "a" * 15])
+def test_kernel_compatible_names_are_accepted(name):
+    assert sched_name.check(name) == name
+    assert scenario.validate_scheduler_name(name) == name
+
+
+@pytest.mark.parametrize("name, why", [
+    ("", "empty"), ("a" * 16, "16 characters, at most 15"), (".", "not starting"), ("..", "not starting"),
+    ("-f", "not starting"), ("a/b", "use letters"), ("a b", "use letters"), ("a\x1b[1m", "use letters"),
+    (["rr"], "not a string"),
+])
+def test_bad_names_get_one_reason(name, why):
+    with pytest.raises(UsageError, match=why):
+        sched_name.check(name, where="x.toml: schedulers[0]")
