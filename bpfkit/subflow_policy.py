@@ -457,7 +457,7 @@ def encode_prefix(network: Network) -> bytes:
 
 
 def encode_rule(resolved: ResolvedRule) -> bytes:
-    rule, m, a = resolved.rule, resolved.rule.match, resolved.rule.actions
+    m, a = resolved.rule.match, resolved.rule.actions
     match_bits = 0
     if m.role:
         match_bits |= MATCH_BITS["role"]

@@ -105,8 +105,8 @@ def path_limited(run: dict, scenario: dict) -> bool | None:
     if run["goodput_bps"] >= PATH_LIMITED_GOODPUT * sum(rates.values()):
         return True
     direction = "to_client" if run.get("data_sender", "server") == "server" else "to_server"
-    for name, stats in run.get("qdisc", {}).items():
-        carried = stats.get(direction, {}).get("bytes", 0) * 8 / t_end
+    for name, counters in run.get("qdisc", {}).items():
+        carried = counters.get(direction, {}).get("bytes", 0) * 8 / t_end
         if rates.get(name) and carried >= PATH_LIMITED_GOODPUT * rates[name]:
             return True
     return False

@@ -10,7 +10,6 @@ kernel cannot do is refused with one error and nothing left attached.
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -117,7 +117,7 @@ def test_derived_render_keeps_no_trace_of_the_old_name_in_code(origin):
     text = sched_scaffold.render("derived", origin, existing=set())
     code = sched_scaffold._strip_comments(text)
     assert sched_scaffold.registered_names(text) == ["derived"]
-    assert f"struct mptcp_sched_ops derived = {{" in code
+    assert "struct mptcp_sched_ops derived = {" in code
     assert f'"{origin}"' not in code
     import re
 
