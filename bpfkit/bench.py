@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bpfkit import sched_name
 from bpfkit.errors import BpfkitError, UsageError, VmError
 from bpfkit.paths import BPF_DIR, PROJECT_ROOT, cache_dir
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 BENCH_FORMAT = 1
 DEFAULT = "default"
-BPF_SCHEDULERS = ("minrtt", "redundant", "blest", "ecf")
+BPF_SCHEDULERS = sched_name.reference_names()
 SCHEDULERS = (DEFAULT, *BPF_SCHEDULERS)
 SCENARIO_DIR = PROJECT_ROOT / "scenarios"
 

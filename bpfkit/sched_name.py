@@ -6,13 +6,18 @@ The kernel stores the name in a char[MPTCP_SCHED_NAME_MAX] with MPTCP_SCHED_NAME
 = 16 including the NUL (include/net/mptcp.h, since 6.5), lists the registered names
 space-separated in net.mptcp.available_schedulers, and bpfkit uses the name as a
 directory under its pin root: so 1-15 characters, no white space, no '/', and not
-starting with '.' (no '.', '..') or '-' (never read as an option)."""
+starting with '.' (no '.', '..') or '-' (never read as an option).
+
+It also names the reference schedulers, once: the files in bpf/sched/ (each file
+X.bpf.c registers the scheduler X, checked by tests/unit/test_sched_name.py), so a
+fifth one is a new file there, not an edit of every list."""
 
 from __future__ import annotations
 
 import re
 
 from .errors import UsageError
+from .paths import BPF_DIR
 
 NAME_MAX = 15  # MPTCP_SCHED_NAME_MAX (16) counts the terminating NUL
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -34,3 +39,8 @@ def check(name: object, where: str = "") -> str:
         raise UsageError(f"{prefix}invalid scheduler name {name!r}: use letters, digits, '_', '-', '.' "
                          "(not starting with '-' or '.')")
     return name
+
+
+def reference_names() -> tuple[str, ...]:
+    """The reference schedulers shipped in bpf/sched/, in name order."""
+    return tuple(sorted(p.name.removesuffix(".bpf.c") for p in (BPF_DIR / "sched").glob("*.bpf.c")))

@@ -28,7 +28,7 @@ SCHED_DIR = BPF_DIR / "sched"
 TEMPLATE_DIR = TEMPLATES_DIR / "sched"
 AVAILABLE_SCHEDULERS = Path("/proc/sys/net/mptcp/available_schedulers")
 MINIMAL = "minimal"
-REFERENCE_ORIGINS = ("minrtt", "redundant", "blest", "ecf")
+REFERENCE_ORIGINS = sched_name.reference_names()
 ORIGINS = (MINIMAL, *REFERENCE_ORIGINS)
 NAME_MAX = sched_name.NAME_MAX
 

@@ -48,3 +48,12 @@ def test_kernel_compatible_names_are_accepted(name):
 def test_bad_names_get_one_reason(name, why):
     with pytest.raises(UsageError, match=why):
         sched_name.check(name, where="x.toml: schedulers[0]")
+
+
+def test_reference_names_are_the_files_and_the_kernel_names():
+    """bpf/sched/X.bpf.c registers X: the scaffold's --from, the bench and `sched
+    load minrtt` all go by the file."""
+    assert len(sched_name.reference_names()) >= 4
+    assert set(sched.builtin_sources()) == set(sched_name.reference_names())
+    assert all(sched.builtin_sources()[n].name == f"{n}.bpf.c" for n in sched_name.reference_names())
+    assert sched_scaffold.REFERENCE_ORIGINS == sched_name.reference_names()
