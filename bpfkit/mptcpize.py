@@ -366,27 +366,27 @@ def _check_mptcp_enabled() -> None:
 
 def _check_kernel() -> None:
     """Refuse early, without loading anything, what is known not to work."""
-    from bpfkit import doctor
+    from bpfkit import features
 
-    btf = doctor.check_btf()
-    if btf.status != doctor.OK:
+    btf = features.check_btf()
+    if btf.status != features.OK:
         raise _unsupported(f"no BTF ({btf.detail})")
     release = tuple(int(x) for x in platform.release().split(".")[:2] if x.isdigit())
     if release < (6, 6):
-        raise _unsupported(doctor.check_fmod_ret().detail)  # it says: < 6.6 has no hook
+        raise _unsupported(features.check_fmod_ret().detail)  # it says: < 6.6 has no hook
 
 
 @contextlib.contextmanager
 def _kernel_refusal_explained():
-    """A refused load/attach: ask `bpfkit doctor`'s own fmod_ret probe why, so
+    """A refused load/attach: ask the fmod_ret probe `bpfkit doctor` shows why, so
     the user reads the same reason doctor gives. Other failures pass through."""
-    from bpfkit import doctor
+    from bpfkit import features
 
     try:
         yield
     except (LoadError, AttachError) as exc:
-        check = doctor.check_fmod_ret()
-        if check.status != doctor.OK:
+        check = features.check_fmod_ret()
+        if check.status != features.OK:
             raise _unsupported(check.detail) from exc
         raise
 

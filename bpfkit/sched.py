@@ -237,13 +237,14 @@ def available() -> list[str]:
 
 
 def require_struct_ops_support() -> None:
-    from bpfkit import libbpf
+    """Refuse, with the words `bpfkit doctor` shows, a kernel that cannot register
+    BPF MPTCP schedulers."""
+    from bpfkit import features
 
     available()  # raises KernelUnsupported without MPTCP scheduler sysctls
-    with libbpf.KernelBtf() as btf:
-        if not btf.has_struct("bpf_struct_ops_mptcp_sched_ops"):
-            raise KernelUnsupported("this kernel cannot register BPF MPTCP schedulers (no mptcp_sched_ops "
-                                    "struct_ops)", hint="run it in the bpfkit VM: bpfkit vm run -- bpfkit sched ...")
+    check = features.check_sched_struct_ops()
+    if check.status != features.OK:
+        raise KernelUnsupported(f"this kernel cannot register BPF MPTCP schedulers: {check.detail}", hint=check.hint)
 
 
 def netns_names() -> list[str]:

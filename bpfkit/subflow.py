@@ -138,10 +138,10 @@ def _check_shapes(maps: dict[str, libbpf.Map], where: str) -> None:
 
 def _check_kernel() -> None:
     """Refuse, before compiling or loading anything, a kernel the program cannot run on."""
-    from bpfkit import doctor
+    from bpfkit import features
 
-    check = doctor.check_subflow_opts()
-    if check.status != doctor.OK:
+    check = features.check_subflow_opts()
+    if check.status != features.OK:
         raise KernelUnsupported(f"this kernel cannot apply per-subflow options: {check.detail}", hint=check.hint)
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import cgroup, doctor, libbpf, mptcpize
+from bpfkit import cgroup, features, libbpf, mptcpize
 
 pytestmark = pytest.mark.host
 
 
 @pytest.fixture(scope="module")
 def fmod_ret_refused():
-    check = doctor.check_fmod_ret()
-    if check.status == doctor.OK:
+    check = features.check_fmod_ret()
+    if check.status == features.OK:
         pytest.skip("this kernel accepts fmod_ret: the refusal path is tested on kernels that refuse it")
     return check
 

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from bpfkit import doctor, mptcpize
+from bpfkit import features, mptcpize
 from bpfkit.commands import mptcpize as command
 from bpfkit.errors import KernelUnsupported, UsageError
 
@@ -187,7 +187,7 @@ def test_state_file_and_boot_service(tmp_path, monkeypatch):
 # --- kernel checks ------------------------------------------------------------
 
 def test_kernel_without_btf(monkeypatch):
-    monkeypatch.setattr(doctor, "check_btf", lambda: doctor.Check("btf", doctor.MISSING,
+    monkeypatch.setattr(features, "check_btf", lambda: features.Check("btf", features.MISSING,
                                                                   "/sys/kernel/btf/vmlinux missing"))
     with pytest.raises(KernelUnsupported) as info:
         mptcpize._check_kernel()
@@ -196,9 +196,9 @@ def test_kernel_without_btf(monkeypatch):
 
 
 def test_kernel_too_old(monkeypatch):
-    monkeypatch.setattr(doctor, "check_btf", lambda: doctor.Check("btf", doctor.OK, "ok"))
+    monkeypatch.setattr(features, "check_btf", lambda: features.Check("btf", features.OK, "ok"))
     monkeypatch.setattr(mptcpize.platform, "release", lambda: "6.1.0-18-amd64")
-    monkeypatch.setattr(doctor.platform, "release", lambda: "6.1.0-18-amd64")
+    monkeypatch.setattr(features.platform, "release", lambda: "6.1.0-18-amd64")
     with pytest.raises(KernelUnsupported) as info:
         mptcpize._check_kernel()
     assert "kernel 6.1.0-18-amd64 < 6.6 has no hook" in str(info.value)
@@ -209,8 +209,8 @@ def test_kernel_too_old(monkeypatch):
 def test_refused_load_is_explained_by_the_doctor_probe(monkeypatch):
     from bpfkit.errors import LoadError
 
-    monkeypatch.setattr(doctor, "check_fmod_ret", lambda: doctor.Check(
-        "fmod_ret_update_socket_protocol", doctor.MISSING,
+    monkeypatch.setattr(features, "check_fmod_ret", lambda: features.Check(
+        "fmod_ret_update_socket_protocol", features.MISSING,
         "load refused: loading probes.bpf.o failed: Operation not permitted (errno 1)"))
     with pytest.raises(KernelUnsupported) as info:
         with mptcpize._kernel_refusal_explained():
@@ -222,8 +222,8 @@ def test_refused_load_is_explained_by_the_doctor_probe(monkeypatch):
 def test_other_load_failures_pass_through(monkeypatch):
     from bpfkit.errors import VerifierError
 
-    monkeypatch.setattr(doctor, "check_fmod_ret", lambda: doctor.Check("fmod_ret_update_socket_protocol",
-                                                                       doctor.OK, "fine"))
+    monkeypatch.setattr(features, "check_fmod_ret", lambda: features.Check("fmod_ret_update_socket_protocol",
+                                                                       features.OK, "fine"))
     with pytest.raises(VerifierError):
         with mptcpize._kernel_refusal_explained():
             raise VerifierError("the verifier rejected program 'mptcpify': R1 invalid mem access")
