@@ -436,9 +436,9 @@ SPLAT_MARKERS = ("WARNING:", "BUG:", "BUG at", "Oops", "UBSAN:", "corruption", "
 #  - af_inet.c:156 (6.12.118) is WARN_ON_ONCE(sk_forward_alloc_get(sk)) in inet_sock_destruct():
 #    an MPTCP socket freed with forward-allocated memory of -49152 (-12 pages: RAX/RSI = 0xffff4000,
 #    a page multiple, as two reclaims of the same pages would leave), from mptcp_worker. Seen on the
-#    debug flavour only: once in a CI run (2026-12-03, during test_sched_kernel.py), once in 10
-#    iterations of that file's transfer tests here, not in 30 more; the socket is freed late (by the
-#    worker), so which transfer made it is not known. Open: it may be bpfkit's series (0004 changes
+#    debug flavour only: once in a CI run (2026-12-03, during test_sched_kernel.py) and once in ten
+#    runs of that file's transfer tests on this machine; the socket is freed late (by the worker), so
+#    which transfer made it is not known. Open: it may be bpfkit's series (0004 changes
 #    when acked data is freed) or 6.12's MPTCP memory accounting (reworked upstream since).
 KNOWN_SPLATS = ("at net/ipv4/af_inet.c:156 inet_sock_destruct",)
 
