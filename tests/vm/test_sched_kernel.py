@@ -434,15 +434,16 @@ SPLAT_MARKERS = ("WARNING:", "BUG:", "BUG at", "Oops", "UBSAN:", "corruption", "
 # pytest warning (visible in every run's summary), not failed on.  Matched on the WARNING line's
 # source location, so that any other report still fails.
 #  - af_inet.c:156 (6.12.118) is WARN_ON_ONCE(sk_forward_alloc_get(sk)) in inet_sock_destruct():
-#    an MPTCP socket freed by mptcp_worker with negative forward-allocated memory, always a whole
-#    number of pages (-12 pages: RAX/RSI = 0xffff4000; -15: 0xffff1000), as two reclaims of the same
-#    pages would leave, not a lost charge. Seen on the debug flavour only: once in a CI run
-#    (2026-12-03, during test_sched_kernel.py), once in ten runs of that file's transfer tests on this
-#    machine, and with the redundant test alone (test_duplicating_scheduler_..., MPTCP_SCHED_FLAG_
-#    REDUNDANT) once in 11 runs: so the redundant scheduling of vm/patches/6.12/0004 is involved, on
-#    the sender (acked data held for members) or on the receiver (every byte arrives twice). A
-#    bpftrace of inet_sock_destruct over 40 such transfers: mptcp_worker freed 41 receiver (server)
-#    sockets and 6 sender ones, so the receiver is the likelier side. Open.
+#    the *receiving* MPTCP socket is freed (by mptcp_worker) with a negative whole number of pages of
+#    forward memory (-12, -15 seen). Cause, found with bpftrace at mptcp_destroy_common() (receiver,
+#    sk_forward_alloc = -64976, rmem_fwd_alloc = +3536; sum -15 pages): in 6.12.118 the partial-packet
+#    branch of __mptcp_move_skb() (map_seq < ack_seq < end_seq) owns the skb with skb_set_owner_r(),
+#    which charges sk_forward_alloc, where the other branches use mptcp_set_owner_r(), which charges
+#    rmem_fwd_alloc; recvmsg then releases it through rmem_released/mptcp_rmem_uncharge(). A
+#    redundant scheduler (vm/patches/6.12/0004) makes such partly duplicated packets common; the
+#    same code is in Debian's stock 6.12.118. Seen on the debug flavour about once in ten redundant
+#    transfers (CI 2026-12-03; test_duplicating_scheduler_... alone: 1 in 11, 1 in 3, 1 in 21).
+#    Fix (not applied yet: it rebuilds both kernel flavours): mptcp_set_owner_r() in that branch.
 KNOWN_SPLATS = ("at net/ipv4/af_inet.c:156 inet_sock_destruct",)
 
 
