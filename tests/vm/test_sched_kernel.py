@@ -441,9 +441,10 @@ SPLAT_MARKERS = ("WARNING:", "BUG:", "BUG at", "Oops", "UBSAN:", "corruption", "
 #    which charges sk_forward_alloc, where the other branches use mptcp_set_owner_r(), which charges
 #    rmem_fwd_alloc; recvmsg then releases it through rmem_released/mptcp_rmem_uncharge(). A
 #    redundant scheduler (vm/patches/6.12/0004) makes such partly duplicated packets common; the
-#    same code is in Debian's stock 6.12.118. Seen on the debug flavour about once in ten redundant
-#    transfers (CI 2026-12-03; test_duplicating_scheduler_... alone: 1 in 11, 1 in 3, 1 in 21).
-#    Fix (not applied yet: it rebuilds both kernel flavours): mptcp_set_owner_r() in that branch.
+#    same code is in Debian's stock 6.12.118. Seen about once in ten redundant transfers on the
+#    debug flavour (CI 2026-12-03; test_duplicating_scheduler_... alone: 1 in 11, 1 in 3, 1 in 21)
+#    and once in 40 on the default one. Fix (not applied yet: it rebuilds both kernel flavours):
+#    mptcp_set_owner_r() in that branch; with it, 0 in 40 on the default flavour, same run length.
 KNOWN_SPLATS = ("at net/ipv4/af_inet.c:156 inet_sock_destruct",)
 
 
