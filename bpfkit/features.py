@@ -140,46 +140,38 @@ def check_subflow_opts() -> Check:
 
 
 def check_struct_ops() -> list[Check]:
+    """struct_ops at all (tcp_congestion_ops), then BPF MPTCP schedulers."""
     from bpfkit import libbpf
 
     try:
-        btf = libbpf.KernelBtf()
-    except BpfkitError as exc:
-        return [Check("struct_ops_mptcp_sched_ops", MISSING, str(exc), "BPF MPTCP schedulers")]
-    with btf:
-        tcp_ca = btf.has_struct("bpf_struct_ops_tcp_congestion_ops")
-        sched = btf.has_struct("bpf_struct_ops_mptcp_sched_ops")
-        iterator = btf.has_func("bpf_iter_mptcp_subflow_new")
-        in_kernel = btf.has_struct("mptcp_sched_ops")
-    checks = [Check("struct_ops", OK if tcp_ca else MISSING,
-                    "tcp_congestion_ops is exposed to BPF" if tcp_ca else "no BPF struct_ops in this kernel",
-                    "" if tcp_ca else "BPF congestion controls and schedulers",
-                    "" if tcp_ca else "6.12 needs CONFIG_MODULES=y for any struct_ops")]
-    checks.append(_sched_struct_ops(sched, iterator, in_kernel))
-    return checks
+        with libbpf.KernelBtf() as btf:
+            tcp_ca = btf.has_struct("bpf_struct_ops_tcp_congestion_ops")
+    except BpfkitError:
+        return [check_sched_struct_ops()]  # says why BTF could not be read
+    return [Check("struct_ops", OK if tcp_ca else MISSING,
+                  "tcp_congestion_ops is exposed to BPF" if tcp_ca else "no BPF struct_ops in this kernel",
+                  "" if tcp_ca else "BPF congestion controls and schedulers",
+                  "" if tcp_ca else "6.12 needs CONFIG_MODULES=y for any struct_ops"),
+            check_sched_struct_ops()]
 
 
 def check_sched_struct_ops() -> Check:
     """Whether BPF MPTCP schedulers can register (`sched load`'s precondition)."""
     from bpfkit import libbpf
 
+    name, blocks = "struct_ops_mptcp_sched_ops", "BPF MPTCP schedulers (bpfkit sched)"
     try:
-        btf = libbpf.KernelBtf()
+        with libbpf.KernelBtf() as btf:
+            sched = btf.has_struct("bpf_struct_ops_mptcp_sched_ops")
+            iterator = btf.has_func("bpf_iter_mptcp_subflow_new")
+            in_kernel = btf.has_struct("mptcp_sched_ops")
     except BpfkitError as exc:
-        return Check("struct_ops_mptcp_sched_ops", MISSING, str(exc), "BPF MPTCP schedulers")
-    with btf:
-        return _sched_struct_ops(btf.has_struct("bpf_struct_ops_mptcp_sched_ops"),
-                                 btf.has_func("bpf_iter_mptcp_subflow_new"), btf.has_struct("mptcp_sched_ops"))
-
-
-def _sched_struct_ops(sched: bool, iterator: bool, in_kernel: bool) -> Check:
+        return Check(name, MISSING, str(exc), blocks)
     if sched:
-        return Check("struct_ops_mptcp_sched_ops", OK,
-                     "mptcp_sched_ops is a BPF struct_ops" + (" with the subflow iterator" if iterator else ""))
+        return Check(name, OK, "mptcp_sched_ops is a BPF struct_ops" + (" with the subflow iterator" if iterator else ""))
     detail = ("the kernel has in-kernel mptcp_sched_ops but does not expose them to BPF (mainline has no "
               "BPF scheduler interface, up to 6.18 at least)" if in_kernel else "no MPTCP scheduler framework in this kernel")
-    return Check("struct_ops_mptcp_sched_ops", MISSING, detail, "BPF MPTCP schedulers (bpfkit sched)",
-                 "use the bpfkit VM kernel: `bpfkit vm run -- bpfkit sched ...`")
+    return Check(name, MISSING, detail, blocks, "use the bpfkit VM kernel: `bpfkit vm run -- bpfkit sched ...`")
 
 
 def check_mptcp() -> list[Check]:

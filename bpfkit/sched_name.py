@@ -3,7 +3,7 @@ directories), the lab (scenario files, --schedulers) and the scaffold (which add
 its own C-identifier rule on top).  Pure: imports nothing of BPF or of the kernel.
 
 The kernel stores the name in a char[MPTCP_SCHED_NAME_MAX] with MPTCP_SCHED_NAME_MAX
-= 16 including the NUL (include/net/mptcp.h, since 6.5), lists the registered names
+= 16 including the NUL (include/net/mptcp.h), lists the registered names
 space-separated in net.mptcp.available_schedulers, and bpfkit uses the name as a
 directory under its pin root: so 1-15 characters, no white space, no '/', and not
 starting with '.' (no '.', '..') or '-' (never read as an option).
@@ -21,7 +21,7 @@ from .paths import BPF_DIR
 
 NAME_MAX = 15  # MPTCP_SCHED_NAME_MAX (16) counts the terminating NUL
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-RULE = f"1-{NAME_MAX} letters, digits, '_', '-' or '.', not starting with '-' or '.'"
+RULE = f"1-{NAME_MAX} characters of letters, digits, '_', '-' or '.', not starting with '-' or '.'"
 
 
 def check(name: object, where: str = "") -> str:
@@ -34,10 +34,10 @@ def check(name: object, where: str = "") -> str:
         raise UsageError(f"{prefix}invalid scheduler name: empty", hint=f"a scheduler name is {RULE}")
     if len(name) > NAME_MAX:
         raise UsageError(f"{prefix}invalid scheduler name {name!r}: {len(name)} characters, at most {NAME_MAX} "
-                         f"(1-{NAME_MAX} characters: the kernel's MPTCP_SCHED_NAME_MAX is 16 including the NUL)")
+                         "(the kernel's MPTCP_SCHED_NAME_MAX is 16 including the NUL)", hint=f"a scheduler name is {RULE}")
     if not _NAME_RE.fullmatch(name):
         raise UsageError(f"{prefix}invalid scheduler name {name!r}: use letters, digits, '_', '-', '.' "
-                         "(not starting with '-' or '.')")
+                         "(not starting with '-' or '.')", hint=f"a scheduler name is {RULE}")
     return name
 
 
