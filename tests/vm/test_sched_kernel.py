@@ -432,20 +432,12 @@ SPLAT_MARKERS = ("WARNING:", "BUG:", "BUG at", "Oops", "UBSAN:", "corruption", "
 
 # Reports known to come from a defect that is not fixed yet, each with its evidence: printed as a
 # pytest warning (visible in every run's summary), not failed on.  Matched on the WARNING line's
-# source location, so that any other report still fails.
-#  - af_inet.c:156 (6.12.118) is WARN_ON_ONCE(sk_forward_alloc_get(sk)) in inet_sock_destruct():
-#    the *receiving* MPTCP socket is freed (by mptcp_worker) with a negative whole number of pages of
-#    forward memory (-12, -15 seen). Cause, found with bpftrace at mptcp_destroy_common() (receiver,
-#    sk_forward_alloc = -64976, rmem_fwd_alloc = +3536; sum -15 pages): in 6.12.118 the partial-packet
-#    branch of __mptcp_move_skb() (map_seq < ack_seq < end_seq) owns the skb with skb_set_owner_r(),
-#    which charges sk_forward_alloc, where the other branches use mptcp_set_owner_r(), which charges
-#    rmem_fwd_alloc; recvmsg then releases it through rmem_released/mptcp_rmem_uncharge(). A
-#    redundant scheduler (vm/patches/6.12/0004) makes such partly duplicated packets common; the
-#    same code is in Debian's stock 6.12.118. Seen about once in ten redundant transfers on the
-#    debug flavour (CI 2026-12-03; test_duplicating_scheduler_... alone: 1 in 11, 1 in 3, 1 in 21)
-#    and once in 40 on the default one. Fix (not applied yet: it rebuilds both kernel flavours):
-#    mptcp_set_owner_r() in that branch; with it, 0 in 40 on the default flavour, same run length.
-KNOWN_SPLATS = ("at net/ipv4/af_inet.c:156 inet_sock_destruct",)
+# source location, so that any other report still fails.  Empty: the one entry so far,
+# "at net/ipv4/af_inet.c:156 inet_sock_destruct" (a receiving MPTCP socket freed with negative
+# forward memory, ~1 in 10 redundant transfers on the debug flavour), was 6.12.118's own
+# partial-packet branch of __mptcp_move_skb() charging the wrong counter, fixed by
+# vm/patches/6.12/0007 (evidence in its commit message).
+KNOWN_SPLATS: tuple[str, ...] = ()
 
 
 def kernel_splat_reports() -> list[list[str]]:
