@@ -28,7 +28,6 @@ whose sysctl still names the unloaded scheduler get the in-kernel "default".
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import errno
 import fcntl
@@ -36,19 +35,18 @@ import hashlib
 import json
 import os
 import re
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bpfkit import fs, sched_name
+from bpfkit import netns as namespaces  # `netns` is the parameter naming one
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UnsafePath, UsageError
 from bpfkit.paths import BPF_DIR, PIN_ROOT, cache_dir
 
 SCHED_DIR = BPF_DIR / "sched"
 PIN_DIR = PIN_ROOT / "sched"
 RUN_DIR = Path(os.environ.get("BPFKIT_RUN_DIR", "/run/bpfkit")) / "sched"  # records; see _run_dir()
-NETNS_DIR = Path("/var/run/netns")
 SYSCTL_DIR = Path("/proc/sys/net/mptcp")
 DEFAULT = "default"  # the in-kernel scheduler; always registered, cannot be unloaded
 NAME_MAX = sched_name.NAME_MAX
@@ -56,7 +54,6 @@ CURRENT_NETNS = "(current)"
 UNREGISTER_TIMEOUT = 30.0
 REDUNDANT_FLAG = 0x1  # MPTCP_SCHED_FLAG_REDUNDANT (vm/patches/6.12/0004)
 
-_CLONE_NEWNET = 0x40000000
 
 
 # ---------------------------------------------------------------- pure logic
@@ -247,74 +244,16 @@ def require_struct_ops_support() -> None:
         raise KernelUnsupported(f"this kernel cannot register BPF MPTCP schedulers: {check.detail}", hint=check.hint)
 
 
-def netns_names() -> list[str]:
-    try:
-        return sorted(p.name for p in NETNS_DIR.iterdir())
-    except FileNotFoundError:
-        return []
-
-
-def netns_path(netns: str) -> Path:
-    """/run/netns/<netns> of a name from `ip netns list`, checked."""
-    if not netns or "/" in netns or netns in (".", "..") or not netns.isprintable():
-        raise UsageError(f"invalid network namespace name {netns!r} (a name from `ip netns list`)")
-    path = NETNS_DIR / netns
-    if not path.exists() or path.is_symlink():
-        raise UsageError(f"no network namespace {netns!r} (looked for {path})",
-                         hint=f"known: {', '.join(netns_names()) or 'none'}")
-    return path
-
-
-def _in_netns(netns: str | None, fn):
-    """Run fn() in network namespace `netns` (None: the current one) from a
-    helper thread: /proc/sys/net resolves to the netns of the thread that opens
-    it, and setns(2) on a thread leaves the rest of the process alone."""
-    if netns is None:
-        return fn()
-    path = netns_path(netns)
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise BpfkitError(f"entering network namespace {netns}: {os.strerror(err)}",
-                                      hint="needs root (CAP_SYS_ADMIN)" if err == errno.EPERM else None)
-            finally:
-                os.close(fd)
-            result["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
-            result["error"] = exc
-
-    t = threading.Thread(target=run, name=f"netns-{netns}")
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def selected(netns: str | None = None) -> str:
     """net.mptcp.scheduler of a netns (None: the current one)."""
-    return _in_netns(netns, lambda: _read_sysctl("scheduler"))
-
-
-def _same_netns_as_current(netns: str) -> bool:
-    try:
-        a, b = os.stat("/proc/self/ns/net"), os.stat(NETNS_DIR / netns)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    return namespaces.call_in(netns, lambda: _read_sysctl("scheduler"))
 
 
 def selections() -> dict[str, str]:
     """Scheduler selected in the current netns and in every named netns."""
     out = {CURRENT_NETNS: selected()}
-    for ns in netns_names():
-        if _same_netns_as_current(ns):
+    for ns in namespaces.names():
+        if namespaces.is_current(ns):
             continue
         try:
             out[ns] = selected(ns)
@@ -330,7 +269,8 @@ def set_selected(name: str, netns: str | None = None) -> None:
             (SYSCTL_DIR / "scheduler").write_text(name)
         except FileNotFoundError:
             _read_sysctl("scheduler")  # raises KernelUnsupported
-            raise
+            # The sysctl exists: the kernel's proc handler says ENOENT for an unregistered name.
+            raise UsageError(f"scheduler {name!r} is not registered") from None
         except PermissionError:
             raise BpfkitError("setting net.mptcp.scheduler needs root") from None
         except OSError as exc:
@@ -338,7 +278,7 @@ def set_selected(name: str, netns: str | None = None) -> None:
                 raise UsageError(f"scheduler {name!r} is not registered") from None
             raise BpfkitError(f"setting net.mptcp.scheduler={name}: {exc.strerror}") from None
 
-    _in_netns(netns, write)
+    namespaces.call_in(netns, write)
 
 
 # ---------------------------------------------------------------- bpfkit's registrations

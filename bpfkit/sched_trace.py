@@ -88,9 +88,9 @@ def require_support() -> None:
 def netns_inode(netns: str | None) -> int:
     if netns is None:
         return 0
-    from bpfkit import sched
+    from bpfkit import netns as namespaces
 
-    return os.stat(sched.netns_path(netns)).st_ino
+    return os.stat(namespaces.path(netns)).st_ino
 
 
 class Tracer:

@@ -19,18 +19,15 @@ netns, so `snapshot()` needs root for subflow matching.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfkit.errors import BpfkitError, KernelUnsupported, UsageError
+from bpfkit.errors import BpfkitError, KernelUnsupported
 from bpfkit.mptcp_sockopt import IPPROTO_MPTCP, TCP_STATES, MptcpInfo, TcpInfo
 
 NETLINK_SOCK_DIAG = 4
@@ -242,45 +239,3 @@ def connections() -> list[Connection]:
         out.append(Connection(local=msk.local, remote=msk.remote, state=msk.state_name, cookie=msk.cookie,
                               token=token, info=info, subflows=subs))
     return out
-
-
-# ---------------------------------------------------------------- namespaces
-
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = Path("/run/netns")
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise BpfkitError(f"setns failed: {os.strerror(code)}")
-
-
-@contextlib.contextmanager
-def in_netns(name: str | None) -> Iterator[None]:
-    """Run the body in the named netns (`ip netns` name) and come back. Sockets
-    opened and /proc/sys/net files read inside belong to that netns. Changes
-    only the calling thread; None means stay where we are."""
-    if name is None:
-        yield
-        return
-    if not name or "/" in name or name in (".", ".."):
-        raise UsageError(f"invalid netns name {name!r}")
-    target = NETNS_RUN_DIR / name
-    try:
-        target_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise UsageError(f"no network namespace named {name!r} (see `ip netns list`)") from None
-    except PermissionError:
-        raise UsageError(f"cannot open {target}: permission denied (needs root)") from None
-    original_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target_fd)
-        try:
-            yield
-        finally:
-            _setns(original_fd)
-    finally:
-        os.close(target_fd)
-        os.close(original_fd)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfkit import sock_diag
+from bpfkit.netns import entered as entered_netns
 
 SCHEDULER_SYSCTL = Path("/proc/sys/net/mptcp/scheduler")
 
@@ -50,7 +51,7 @@ class Sampler:
 
     def sample(self) -> dict:
         """One JSON-able sample: time, netns, scheduler, connections with subflows."""
-        with sock_diag.in_netns(self.netns):
+        with entered_netns(self.netns):
             conns = sock_diag.connections()
             scheduler = netns_scheduler()
         now = time.monotonic()

@@ -20,7 +20,6 @@ Sockets are read with sock_diag from this process, entering the namespace.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -126,7 +125,9 @@ class _Lab:
         raise NotImplementedError
 
     def sockets(self, side: str) -> list[DiagSocket]:
-        with in_netns(self._netns(side)):
+        from bpfkit import netns  # here: this file also runs as a light helper script
+
+        with netns.entered(self._netns(side)):
             return established_sockets()
 
     def socket(self, side: str, *, local: tuple[str, int] | None = None,
@@ -316,28 +317,6 @@ def _client(host: str, port: int, seconds: float, plain: bool, mark_before_conne
 
 # ---------------------------------------------------------------- sock_diag, in-process
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-@contextlib.contextmanager
-def in_netns(name: str):
-    """Run the block in network namespace `name` (this thread only): sockets
-    created inside belong to it. Cheaper than a process per query, which
-    matters in an emulated VM."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home")
-    finally:
-        os.close(target)
-        os.close(home)
 
 
 def established_sockets() -> list[DiagSocket]:

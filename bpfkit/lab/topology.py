@@ -27,7 +27,6 @@ namespaces of runs whose process is gone (e.g. after SIGKILL).
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import os
 import re
@@ -44,6 +43,7 @@ from pyroute2.netlink.generic.mptcp import MPTCP
 from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg import sched_netem, sched_tbf, tcmsg
 
+from bpfkit import netns as namespaces  # pyroute2 has a `netns` of its own
 from bpfkit.errors import BpfkitError, KernelUnsupported, UsageError
 from bpfkit.lab.scenario import MTU_FRAME, PathSpec
 
@@ -95,22 +95,6 @@ def run_in_netns(ns: str, argv: Sequence[str], **kwargs) -> subprocess.Completed
     return subprocess.run(["ip", "netns", "exec", ns, *argv], **kwargs)
 
 
-def sysctl_write(ns: str, settings: dict[str, str], ignore_missing: bool = False) -> None:
-    """Set sysctls inside a namespace (net.* sysctls are per namespace)."""
-    flags = ["-q", "-w"] + (["-e"] if ignore_missing else [])
-    proc = run_in_netns(ns, ["sysctl", *flags, *(f"{k}={v}" for k, v in settings.items())])
-    if proc.returncode != 0:
-        raise TopologyError(f"sysctl in {ns} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-
-
-def sysctl_read(ns: str, key: str) -> str:
-    proc = run_in_netns(ns, ["sysctl", "-n", key])
-    if proc.returncode != 0:
-        raise TopologyError(f"sysctl {key} in {ns}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
-@functools.cache
 def detect_shaping() -> str:
     """'netem' if the kernel has the netem qdisc, else 'tbf' (rate only). Probed
     once per process in a scratch namespace."""
@@ -238,9 +222,9 @@ class Topology:
                 "net.ipv6.conf.all.disable_ipv6": "1",
                 "net.ipv6.conf.default.disable_ipv6": "1",
             }
-            sysctl_write(self.router_ns, {**base, "net.ipv4.ip_forward": "1"}, ignore_missing=True)
-            sysctl_write(self.client_ns, base, ignore_missing=True)
-            sysctl_write(self.server_ns, base, ignore_missing=True)
+            namespaces.sysctl_write(self.router_ns, {**base, "net.ipv4.ip_forward": "1"}, ignore_missing=True)
+            namespaces.sysctl_write(self.client_ns, base, ignore_missing=True)
+            namespaces.sysctl_write(self.server_ns, base, ignore_missing=True)
             self._build_links()
             self._configure_mptcp()
         except BaseException:
@@ -387,8 +371,8 @@ class Topology:
     # ---- schedulers
     def available_schedulers(self, side: str = "server") -> list[str]:
         try:
-            return sysctl_read(self.ns(side), "net.mptcp.available_schedulers").split()
-        except TopologyError:
+            return namespaces.sysctl_read(self.ns(side), "net.mptcp.available_schedulers").split()
+        except BpfkitError:
             return ["default"]  # kernels before 6.10 only list via net.mptcp.scheduler
 
     def set_scheduler(self, name: str) -> None:
@@ -401,7 +385,7 @@ class Topology:
                 hint="load (register) the BPF scheduler before running the lab",
             )
         for ns in (self.client_ns, self.server_ns):
-            sysctl_write(ns, {"net.mptcp.scheduler": name})
+            namespaces.sysctl_write(ns, {"net.mptcp.scheduler": name})
 
     # ---- processes
     def netns_argv(self, side: str, argv: Sequence[str]) -> list[str]:

@@ -118,9 +118,10 @@ def test_format_bps(value, text):
 
 
 def test_netns_name_is_validated():
+    from bpfkit import netns
     from bpfkit.errors import UsageError
 
     for bad in ("", "../x", "a/b", ".", ".."):
         with pytest.raises(UsageError):
-            with sock_diag.in_netns(bad):
+            with netns.entered(bad):
                 pass

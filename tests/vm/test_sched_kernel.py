@@ -17,7 +17,6 @@ small helper here.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import socket
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, libbpf, mptcp_sockopt
+from bpfkit import build, libbpf, mptcp_sockopt, netns
 from bpfkit.errors import AttachError, VerifierError
 from tests.conftest import leftover_bpf_check
 
@@ -41,9 +40,6 @@ CHUNK = 64 * 1024
 PORT = 14000
 SERVER = "10.0.1.1"
 SERVER_EXTRA = "10.0.2.1"
-CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*argv: str) -> str:
@@ -51,17 +47,6 @@ def sh(*argv: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout
-
-
-def enter_netns(name: str) -> None:
-    """Move the *calling thread* into netns `name`."""
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def mptcp_counters(ns: str) -> dict[str, int]:
@@ -144,8 +129,8 @@ class Pair:
     def sysctl(self, key: str, value: str | None = None, ns: str | None = None) -> str:
         ns = ns or self.cli
         if value is None:
-            return sh("ip", "netns", "exec", ns, "sysctl", "-n", key).strip()
-        sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")
+            return netns.sysctl_read(ns, key)
+        netns.sysctl_write(ns, {key: value})
         return value
 
     def set_scheduler(self, name: str) -> None:
@@ -170,7 +155,7 @@ class Transfer:
 
     def _server(self) -> None:
         try:
-            enter_netns(self.pair.srv)
+            netns.enter(self.pair.srv)
             lsk = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP)
             lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             lsk.bind(("0.0.0.0", self.port))  # joins arrive on 10.0.2.1
@@ -201,7 +186,7 @@ class Transfer:
 
     def _client(self) -> None:
         try:
-            enter_netns(self.pair.cli)
+            netns.enter(self.pair.cli)
             self._listening.wait(30)
             sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP)
             sk.settimeout(120)

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, libbpf, mptcp_sockopt, sched, sock_diag
+from bpfkit import build, libbpf, mptcp_sockopt, netns, sched, sock_diag
 from bpfkit.errors import AttachError, UsageError, VerifierError
 from tests.vm.test_sched_kernel import (  # noqa: F401
-    PAYLOAD, Pair, enter_netns, kernel_splats, mptcp_counters, no_leftover_bpf, settled_info, sh)
+    PAYLOAD, Pair, kernel_splats, mptcp_counters, no_leftover_bpf, settled_info, sh)
 
 pytestmark = pytest.mark.vm
 
@@ -89,7 +89,7 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
 
     def server() -> None:
         try:
-            enter_netns(pair.srv)
+            netns.enter(pair.srv)
             lsk = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP)
             lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             lsk.bind(("0.0.0.0", port))
@@ -117,7 +117,7 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
 
     def client() -> None:
         try:
-            enter_netns(pair.cli)
+            netns.enter(pair.cli)
             listening.wait(30)
             sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP)
             sk.settimeout(180)
