@@ -11,7 +11,7 @@ of `bpfkit sched load NAME`, in-process; the lab itself never touches BPF), run 
 for the schedulers that registered, write each scenario's results.json,
 unregister.
 
-Targets (issue 7), computed from the results document by `targets()` and
+Targets, computed from the results document by `targets()` and
 reported met / unmet / inconclusive / not measured, never asserted:
   wifi-lte bulk      minrtt and blest goodput >= 0.95 x the sum of path rates and >= default
   wifi-lte 256 KiB   blest median completion <= 0.85 x minrtt and <= 1.0 x default
@@ -295,59 +295,32 @@ def summary_table(results: dict) -> list[dict]:
 # ---------------------------------------------------------------- guest side
 
 
-def _sched_module():
-    """bpfkit.sched (what `bpfkit sched load/unload` run), or None where it does not exist yet."""
-    import importlib
-
-    try:
-        return importlib.import_module("bpfkit.sched")
-    except ModuleNotFoundError as exc:
-        if exc.name != "bpfkit.sched":
-            raise
-        return None
-
-
 class _Registrations:
     """Registers the BPF schedulers in the guest and unregisters them at the end,
     with the code of `bpfkit sched load/unload` called in this process (a Python
-    start per scheduler costs ~40 s under TCG); where that module does not exist,
-    through bpfkit.libbpf directly."""
+    start per scheduler costs ~40 s under TCG)."""
+
+    via = "bpfkit.sched.load (as `bpfkit sched load`)"
 
     def __init__(self) -> None:
-        self.objects = []  # libbpf fallback: objects and links alive for the run
-        self.sched = _sched_module()
-        self.via = ("bpfkit.sched.load (as `bpfkit sched load`)" if self.sched
-                    else "bpfkit.libbpf (no bpfkit.sched module)")
+        from bpfkit import sched
+
+        self.sched = sched
 
     def load(self, name: str) -> str | None:
         """None when registered, else why not."""
         try:
-            if self.sched:
-                self.sched.load(name)
-                return None
-            from bpfkit import build, libbpf
-
-            obj = libbpf.open_object(build.compile_bpf(BPF_DIR / "sched" / f"{name}.bpf.c").path)
-            links = [obj.map(m).attach_struct_ops() for m in obj.struct_ops_maps()]
-            self.objects.append((obj, links))
+            self.sched.load(name)
             return None
         except BpfkitError as exc:
             return str(exc)
 
     def unload(self, name: str) -> None:
-        if self.sched:
-            try:
-                # force: a lab namespace killed mid-run may still select it; the VM is going away anyway
-                self.sched.unload(name, force=True)
-            except BpfkitError as exc:
-                print(f"bench: could not unload {name}: {exc}", flush=True)
-
-    def close(self) -> None:
-        for obj, links in self.objects:
-            for link in links:
-                link.detach()
-            obj.close()
-        self.objects.clear()
+        try:
+            # force: a lab namespace killed mid-run may still select it; the VM is going away anyway
+            self.sched.unload(name, force=True)
+        except BpfkitError as exc:
+            print(f"bench: could not unload {name}: {exc}", flush=True)
 
 
 def guest(plan_path: Path) -> int:
@@ -379,7 +352,6 @@ def guest(plan_path: Path) -> int:
                 item, out, lambda: load_scenario(item["file"]).alone(item["path"]),
                 repetitions=1, label="default (reference)", skipped=[])
     finally:
-        registrations.close()
         for name, loaded in status["loaded"].items():
             if loaded["ok"]:
                 registrations.unload(name)

@@ -59,12 +59,9 @@ def check_vm() -> list[Check]:
 
 def check_kvm() -> Check:
     """KVM as last found by the VM runner's real boot probe (not re-probed here)."""
-    try:
-        from bpfkit import vm
+    from bpfkit import vm
 
-        status = vm.cached_accel()
-    except (ImportError, AttributeError):
-        status = None
+    status = vm.cached_accel()
     if not os.path.exists("/dev/kvm"):
         return Check("kvm", WARN, "/dev/kvm missing: VMs run under TCG (slower)", "nothing (TCG fallback)")
     if status is None:

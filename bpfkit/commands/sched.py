@@ -1,7 +1,6 @@
 """`bpfkit sched list|load|use|unload|show` (and `new`, from bpfkit.sched_scaffold):
 BPF MPTCP packet schedulers on kernels with mptcp_sched_ops struct_ops."""
 
-import importlib
 import json
 
 from bpfkit import sched
@@ -47,13 +46,8 @@ def register(subparsers) -> None:
     sh.add_argument("--json", action="store_true", help="machine-readable output")
     sh.set_defaults(handler=handle_show)
 
-    # `new` is written by bpfkit.sched_scaffold; register it only where it exists
-    try:
-        scaffold = importlib.import_module("bpfkit.sched_scaffold")
-    except ModuleNotFoundError as exc:
-        if exc.name != "bpfkit.sched_scaffold":
-            raise
-        return
+    from bpfkit import sched_scaffold as scaffold  # for `new`
+
     tr = sub.add_parser("trace", help="print each decision of any scheduler (default or BPF) as it happens",
                         description="Trace mptcp_sched_get_send()/get_retrans() (fentry/fexit, Linux >= 6.7): per "
                                     "call the connection token, the scheduler, the subflow(s) it picked and what "
