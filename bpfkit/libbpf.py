@@ -583,6 +583,35 @@ class Program:
             os.close(fd)
 
 
+_FORMAT_TOKEN = re.compile(r"(\d*)([xcbB?hHiIlLqQefds])")
+
+
+class Layout(struct.Struct):
+    """The Python side of a C struct a map holds: a struct format whose items are
+    the struct's members in order (one item each: "16s" is a char[16], "4H" a
+    __u16[4], pad bytes "x" are not members), their C names, and where the format
+    starts in the struct (offset) and whether it covers all of it (complete).
+
+    `BpfObject.check_layouts()` compares it with the object's BTF when the object is
+    opened, so a C struct changed without its Python twin is refused at once rather
+    than read and written wrong."""
+
+    def __init__(self, c_name: str, fmt: str, members: tuple[str, ...], offset: int = 0, complete: bool = True):
+        super().__init__(fmt)
+        if fmt[:1] not in "<=":
+            raise ValueError(f"layout {c_name}: little-endian, unpadded formats only ('<...'), got {fmt!r}")
+        offsets = []
+        position = 0
+        for count, code in _FORMAT_TOKEN.findall(fmt[1:]):
+            if code != "x":
+                offsets.append(position)
+            position += struct.calcsize(f"<{count}{code}")
+        if position != self.size or len(offsets) != len(members):
+            raise ValueError(f"layout {c_name}: {len(offsets)} members in {fmt!r}, {len(members)} names")
+        self.c_name, self.offset, self.complete = c_name, offset, complete
+        self.member_offsets = {name: offset + at for name, at in zip(members, offsets)}
+
+
 @dataclass(frozen=True)
 class StructOpsSpec:
     """A struct_ops map as the object file declares it (before load)."""
@@ -764,6 +793,37 @@ class BpfObject:
                                      bool(lib().bpf_map__map_flags(ptr) & BPF_F_LINK), members))
         return out
 
+    def struct_layout(self, c_name: str) -> tuple[int, dict[str, int]]:
+        """Size and member byte offsets of `struct c_name` in the object's BTF."""
+        btf = lib().bpf_object__btf(self._ptr)
+        type_id = lib().btf__find_by_name_kind(btf, c_name.encode(), BTF_KIND_STRUCT) if btf else -1
+        if type_id < 0:
+            raise LoadError(f"{self.path.name} has no BTF for struct {c_name}",
+                            hint="compile it with -g (bpfkit build does)")
+        t = lib().btf__type_by_id(btf, type_id)
+        _name_off, info, size = struct.unpack_from("<III", ctypes.string_at(t, 12))
+        members = {}
+        for i in range(info & 0xFFFF):
+            m_name, _, m_off = struct.unpack_from("<III", ctypes.string_at(t + 12 + 12 * i, 12))
+            bit = m_off & 0xFFFFFF if info >> 31 else m_off  # kind_flag: bitfield size in the top byte
+            members[lib().btf__name_by_offset(btf, m_name).decode()] = bit // 8
+        return size, members
+
+    def check_layouts(self, layouts: "tuple[Layout, ...] | list[Layout]") -> None:
+        """Refuse an object whose structs disagree with bpfkit's Python layouts of them."""
+        for layout in layouts:
+            size, members = self.struct_layout(layout.c_name)
+            wrong = [f"size {size}, Python packs {layout.offset + layout.size}"] \
+                if layout.complete and size != layout.offset + layout.size else []
+            for name, offset in layout.member_offsets.items():
+                if members.get(name) != offset:
+                    got = "missing" if name not in members else f"at offset {members[name]}"
+                    wrong.append(f"member {name} {got}, Python expects offset {offset}")
+            if wrong:
+                raise LoadError(f"{self.path.name}: struct {layout.c_name} disagrees with bpfkit's layout of it: "
+                                + "; ".join(wrong),
+                                hint="the C struct and its Python Layout must change together (a bpfkit bug)")
+
     def close(self) -> None:
         """Unload what no link or pin holds."""
         if self._ptr:
@@ -803,10 +863,12 @@ def _load_hint(err: int, text: str) -> str | None:
     return None
 
 
-def open_object(path: str | Path, rodata: dict | None = None) -> BpfObject:
-    """Open, set read-only config, load. Closes the object if load fails."""
+def open_object(path: str | Path, rodata: dict | None = None, layouts: tuple[Layout, ...] = ()) -> BpfObject:
+    """Open, check the map layouts against BTF, set read-only config, load. Closes
+    the object if any step fails."""
     obj = BpfObject.open(path)
     try:
+        obj.check_layouts(layouts)
         for name, value in (rodata or {}).items():
             obj.set_rodata(name, value)
         return obj.load()

@@ -35,7 +35,6 @@ import platform
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -56,8 +55,10 @@ MAP_NAMES = (CGROUPS_MAP, EXCLUDED_MAP)
 MAX_CGROUP_DEPTH = 32
 COMM_LEN = 16
 FAMILY_BITS = {"inet": 1 << 0, "inet6": 1 << 1}
-_VALUE = struct.Struct("<QII")  # struct selected_cgroup: rewrites, families, exclusions
-_EXCLUSION_KEY = struct.Struct("<Q16s")  # struct exclusion_key: cgroup id, comm
+# Checked against the object's BTF when it is opened (libbpf.Layout).
+_VALUE = libbpf.Layout("selected_cgroup", "<QII", ("rewrites", "families", "exclusions"))
+_EXCLUSION_KEY = libbpf.Layout("exclusion_key", "<Q16s", ("cgroup_id", "comm"))
+LAYOUTS = (_VALUE, _EXCLUSION_KEY)
 
 # Test-only hook: SIGKILL ourselves right after the named step, to prove that
 # an interrupted attach/detach leaves a complete attachment or nothing.
@@ -405,6 +406,7 @@ def _load_program() -> libbpf.BpfObject:
     _check_kernel()
     obj = libbpf.BpfObject.open(_object_path())
     try:
+        obj.check_layouts(LAYOUTS)
         with _kernel_refusal_explained():
             obj.load()
     except BaseException:

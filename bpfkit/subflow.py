@@ -153,7 +153,7 @@ def _attach_new(cg: Path, cg_id: int, encoded: sp.Encoded) -> tuple[dict, int]:
     directory = pin_dir(cg_id)
     link = None
     try:
-        with libbpf.open_object(obj_path) as obj:
+        with libbpf.open_object(obj_path, layouts=sp.LAYOUTS) as obj:
             maps = {name: obj.map(name) for name in MAP_NAMES}
             _check_shapes(maps, obj_path.name)
             _write_half(maps, 0, encoded)

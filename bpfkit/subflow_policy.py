@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfkit.errors import UsageError
+from bpfkit.libbpf import Layout
 
 MAX_RULES = 32  # SUBFLOW_MAX_RULES
 MAX_PREFIXES = 16  # SUBFLOW_MAX_PREFIXES: per rule, after resolving interfaces
@@ -439,15 +440,21 @@ def resolve(policy: Policy, netns: str | None = None,
 
 # ---------------------------------------------------------------- encoding
 
-# struct subflow_prefix: family, pad[3], addr[4], mask[4] (network byte order)
-_PREFIX = struct.Struct("<B3x16s16s")
-# struct subflow_rule
-_RULE_HEAD = struct.Struct(f"<IIBBBBBB2x{MAX_PORTS}H{MAX_PORTS}H")
-_RULE_TAIL = struct.Struct(f"<5I{TCP_CA_NAME_MAX}s")
-RULE_SIZE = _RULE_HEAD.size + MAX_PREFIXES * _PREFIX.size + _RULE_TAIL.size
-POLICY = struct.Struct("<III")  # struct subflow_policy: active, nr_rules[2]
-RULE_STATS = struct.Struct("<QQiI")  # struct subflow_rule_stats
-TOTALS = struct.Struct("<QQQ")  # struct subflow_totals: seen, unmatched, reapplied
+# The C structs of bpf/subflow_opts.bpf.c, checked against the object's BTF when
+# it is opened (libbpf.Layout). Addresses and masks in network byte order.
+_PREFIX = Layout("subflow_prefix", "<B3x16s16s", ("family", "addr", "mask"))
+_RULE_HEAD = Layout("subflow_rule", f"<IIBBBBBB2x{MAX_PORTS}H{MAX_PORTS}H",
+                    ("match", "actions", "role", "side", "backup", "nr_prefixes", "nr_remote_ports",
+                     "nr_local_ports", "remote_ports", "local_ports"), complete=False)
+_PREFIXES_AT = _RULE_HEAD.size  # then MAX_PREFIXES struct subflow_prefix
+_RULE_TAIL = Layout("subflow_rule", f"<IIIII{TCP_CA_NAME_MAX}s",
+                    ("mark", "priority", "max_pacing_rate", "tos", "notsent_lowat", "congestion"),
+                    offset=_PREFIXES_AT + MAX_PREFIXES * _PREFIX.size)
+RULE_SIZE = _RULE_TAIL.offset + _RULE_TAIL.size
+POLICY = Layout("subflow_policy", "<I2I", ("active", "nr_rules"))
+RULE_STATS = Layout("subflow_rule_stats", "<QQiI", ("applied", "failed", "last_error", "last_failed"))
+TOTALS = Layout("subflow_totals", "<QQQ", ("seen", "unmatched", "reapplied"))
+LAYOUTS = (_PREFIX, _RULE_HEAD, _RULE_TAIL, POLICY, RULE_STATS, TOTALS)
 
 
 def encode_prefix(network: Network) -> bytes:
@@ -488,7 +495,7 @@ def encode_rule(resolved: ResolvedRule) -> bytes:
 def decode_rule_actions(raw: bytes) -> dict:
     """The actions a rules-map entry carries (for checks and `show`)."""
     match_bits, action_bits = struct.unpack_from("<II", raw)
-    values = _RULE_TAIL.unpack_from(raw, _RULE_HEAD.size + MAX_PREFIXES * _PREFIX.size)
+    values = _RULE_TAIL.unpack_from(raw, _RULE_TAIL.offset)
     by_key = dict(zip(("mark", "priority", "max_pacing_rate", "tos", "notsent_lowat"), values[:5]))
     by_key["congestion"] = values[5].rstrip(b"\0").decode()
     return {k: by_key[k] for k, bit in SET_BITS.items() if action_bits & bit}

@@ -185,3 +185,32 @@ def test_fmod_ret_on_this_kernel_either_works_or_says_why(test_bpf, no_leftover_
     with obj, obj.program("rewrite_for_pid").attach():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             assert s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == 262
+
+
+@pytest.mark.parametrize("module, program", [("mptcpize", "mptcpify"), ("subflow_policy", "subflow_opts")])
+def test_python_map_layouts_match_the_objects_btf(module, program):
+    """Every Layout a pillar packs map entries with agrees with the C struct in the
+    compiled object's BTF (checked again at every open; here without loading)."""
+    import importlib
+
+    layouts = importlib.import_module(f"bpfkit.{module}").LAYOUTS
+    with libbpf.BpfObject.open(build.compile_bpf(build.bpf_source(program)).path) as obj:
+        obj.check_layouts(layouts)
+        assert {layout.c_name for layout in layouts} <= {name for name in (
+            "selected_cgroup", "exclusion_key", "subflow_prefix", "subflow_rule", "subflow_policy",
+            "subflow_rule_stats", "subflow_totals")}
+
+
+@pytest.mark.parametrize("layout, complaint", [
+    (libbpf.Layout("selected_cgroup", "<QQI", ("rewrites", "families", "exclusions")),
+     "size 16, Python packs 20; member families at offset 8, Python expects offset 8"),
+    (libbpf.Layout("selected_cgroup", "<QII", ("rewrites", "exclusions", "families")),
+     "member exclusions at offset 12, Python expects offset 8"),
+    (libbpf.Layout("exclusion_key", "<Q16s", ("cgroup_id", "name")), "member name missing"),
+    (libbpf.Layout("no_such_struct", "<I", ("x",)), "has no BTF for struct no_such_struct"),
+])
+def test_a_layout_that_disagrees_with_btf_is_refused_at_open(layout, complaint, no_leftover_bpf):
+    path = build.compile_bpf(build.bpf_source("mptcpify")).path
+    with pytest.raises(LoadError) as exc:
+        libbpf.open_object(path, layouts=(layout,))
+    assert complaint.split(";")[0] in str(exc.value), str(exc.value)

@@ -70,3 +70,14 @@ def test_user_cflags_accepted(flag):
 def test_user_cflags_that_would_change_the_build_are_refused(flag):
     with pytest.raises(UsageError, match="--cflags"):
         build.validate_cflags([flag])
+
+
+def test_a_layout_names_each_member_of_its_format_once():
+    from bpfkit.libbpf import Layout
+
+    layout = Layout("s", "<B3x16sH4H", ("a", "b", "c", "d"), offset=8)
+    assert layout.member_offsets == {"a": 8, "b": 12, "c": 28, "d": 30} and layout.size == 30
+    with pytest.raises(ValueError, match="3 members"):
+        Layout("s", "<QII", ("a", "b"))
+    with pytest.raises(ValueError, match="little-endian"):
+        Layout("s", "QII", ("a", "b", "c"))
