@@ -6,6 +6,7 @@ import pytest
 
 from bpfkit import cli, sched
 from bpfkit.errors import UsageError
+from tests.sched_models import blest_skips_slow, ecf_decide
 
 pytestmark = pytest.mark.unit
 
@@ -95,26 +96,26 @@ BLEST_CASE = dict(fast_srtt_us=10_000, fast_mss=1000, fast_cwnd=10, slow_srtt_us
 
 def test_blest_formula_at_the_boundary():
     # rtts = 4: X = 1000 * (10 + 1.5) * 4 = 46000; slow claims 5000
-    assert not sched.blest_skips_slow(**BLEST_CASE, send_window=51_000)   # 46000 > 46000 is false
-    assert sched.blest_skips_slow(**BLEST_CASE, send_window=50_999)
+    assert not blest_skips_slow(**BLEST_CASE, send_window=51_000)   # 46000 > 46000 is false
+    assert blest_skips_slow(**BLEST_CASE, send_window=50_999)
     # lambda scales X: 1.1 * 46000 = 50600
-    assert sched.blest_skips_slow(**BLEST_CASE, send_window=55_000, lambda_milli=1200)
-    assert not sched.blest_skips_slow(**BLEST_CASE, send_window=55_600, lambda_milli=1100)
+    assert blest_skips_slow(**BLEST_CASE, send_window=55_000, lambda_milli=1200)
+    assert not blest_skips_slow(**BLEST_CASE, send_window=55_600, lambda_milli=1100)
 
 
 def test_blest_never_blocks_on_an_equally_fast_path_with_room():
     case = dict(BLEST_CASE, slow_srtt_us=10_000)  # rtts = 1: X = MSS * CWND = 10000
-    assert not sched.blest_skips_slow(**case, send_window=15_000)
-    assert sched.blest_skips_slow(**case, send_window=14_999)
+    assert not blest_skips_slow(**case, send_window=15_000)
+    assert blest_skips_slow(**case, send_window=14_999)
 
 
 def test_blest_survives_extreme_ratios():
     # rtts is capped at 64 (and a zero fast RTT counts as 1 us):
     # X = 1000 * (10 + 31.5) * 64 = 2656000
     huge = dict(BLEST_CASE, fast_srtt_us=0, slow_srtt_us=10**9, slow_inflight=0)
-    assert sched.blest_skips_slow(**huge, send_window=2_656_000)
-    assert not sched.blest_skips_slow(**huge, send_window=2_657_000)
-    assert not sched.blest_skips_slow(**dict(BLEST_CASE, slow_srtt_us=1), send_window=1 << 20)
+    assert blest_skips_slow(**huge, send_window=2_656_000)
+    assert not blest_skips_slow(**huge, send_window=2_657_000)
+    assert not blest_skips_slow(**dict(BLEST_CASE, slow_srtt_us=1), send_window=1 << 20)
 
 
 # ECF: n = 1 + k/CWND_f; if n*RTT_f < (1+w*beta)(RTT_s+delta): wait if k/CWND_s*RTT_s >= 2RTT_f+delta
@@ -124,28 +125,28 @@ ECF_CASE = dict(fast_srtt_us=10_000, fast_cwnd_bytes=10_000, slow_srtt_us=100_00
 
 def test_ecf_waits_for_the_fast_path_with_little_data_left():
     # k = 50000: n = 6, 60 ms < 100 ms; k/CWND_s * RTT_s = 500 ms >= 20 ms -> wait
-    assert sched.ecf_decide(**ECF_CASE, unsent=50_000, waiting=False) == "wait"
+    assert ecf_decide(**ECF_CASE, unsent=50_000, waiting=False) == "wait"
 
 
 def test_ecf_uses_the_slow_path_with_lots_of_data():
     # k = 1 MB: n = 101 -> 1.01 s > 100 ms -> slow, waiting reset
-    assert sched.ecf_decide(**ECF_CASE, unsent=1_000_000, waiting=True) == "slow-reset"
+    assert ecf_decide(**ECF_CASE, unsent=1_000_000, waiting=True) == "slow-reset"
 
 
 def test_ecf_uses_the_slow_path_when_it_finishes_quickly():
     # k = 1000: n = 1.1 -> 11 ms < 100 ms, but k/CWND_s * RTT_s = 10 ms < 20 ms -> slow
-    assert sched.ecf_decide(**ECF_CASE, unsent=1000, waiting=False) == "slow"
+    assert ecf_decide(**ECF_CASE, unsent=1000, waiting=False) == "slow"
 
 
 def test_ecf_hysteresis_keeps_waiting_a_bit_longer():
     # k = 95000: n*RTT_f = 105 ms; without waiting 105 >= 100 -> slow-reset;
     # once waiting, the bound is 1.25 * 100 = 125 ms -> keep waiting
-    assert sched.ecf_decide(**ECF_CASE, unsent=95_000, waiting=False) == "slow-reset"
-    assert sched.ecf_decide(**ECF_CASE, unsent=95_000, waiting=True) == "wait"
+    assert ecf_decide(**ECF_CASE, unsent=95_000, waiting=False) == "slow-reset"
+    assert ecf_decide(**ECF_CASE, unsent=95_000, waiting=True) == "wait"
 
 
 def test_ecf_delta_widens_the_slow_estimate():
-    assert sched.ecf_decide(**dict(ECF_CASE, delta_us=10_000), unsent=95_000, waiting=False) == "wait"
+    assert ecf_decide(**dict(ECF_CASE, delta_us=10_000), unsent=95_000, waiting=False) == "wait"
 
 
 def test_format_list_and_show():
