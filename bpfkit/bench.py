@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 import json
 import sys
 import time
@@ -127,14 +128,24 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def _target(target_id: str, description: str, met, values: dict, note: str | None = None) -> dict:
-    """met: True, False, None (not measured) or "inconclusive" (measured, but the 95 % interval
-    straddles the bar: counted as not met)."""
-    if met == "inconclusive":
-        status, met = "inconclusive", False
-    else:
-        status = "not measured" if met is None else ("met" if met else "unmet")
-    entry = {"id": target_id, "description": description, "status": status, "met": met, "values": values}
+class Verdict(enum.Enum):
+    """A target's verdict; its value is the "status" written to bench.json."""
+
+    MET = "met"
+    UNMET = "unmet"
+    INCONCLUSIVE = "inconclusive"  # measured, but the 95 % interval straddles the bar
+    NOT_MEASURED = "not measured"
+
+    @classmethod
+    def of(cls, met: bool) -> Verdict:
+        return cls.MET if met else cls.UNMET
+
+
+def _target(target_id: str, description: str, verdict: Verdict, values: dict, note: str | None = None) -> dict:
+    """One bench.json target: "met" is True only for MET, None when not measured (an
+    inconclusive target counts as not met)."""
+    met = None if verdict is Verdict.NOT_MEASURED else verdict is Verdict.MET
+    entry = {"id": target_id, "description": description, "status": verdict.value, "met": met, "values": values}
     if note:
         entry["note"] = note
     return entry
@@ -156,7 +167,7 @@ def _bulk_target(rows: dict, scheduler: str, alone: dict[str, dict] | None = Non
     row, default = rows.get(scheduler), rows.get(DEFAULT)
     if not row or row["goodput_bps"] is None or not default or default["goodput_bps"] is None:
         missing = scheduler if not row or row["goodput_bps"] is None else DEFAULT
-        return _target(f"wifi-lte-bulk-{scheduler}", description, None, {}, f"no passing {missing} run")
+        return _target(f"wifi-lte-bulk-{scheduler}", description, Verdict.NOT_MEASURED, {}, f"no passing {missing} run")
     vs_capacity, vs_default = row["vs_capacity"], _ratio(row["goodput_bps"], default["goodput_bps"])
     # ">= default" is judged on the paired 95 % interval (lab/stats.py): met only when it clears 1.0,
     # unmet when it lies below, inconclusive (reported as not met) when it straddles 1.0.
@@ -165,9 +176,9 @@ def _bulk_target(rows: dict, scheduler: str, alone: dict[str, dict] | None = Non
     interval = report.vs_default_interval(row) or stats.Interval(vs_default)
     vs_default_verdict = interval.verdict(1.0, higher_is_better=True)
     if vs_capacity is None or vs_capacity < BULK_CAPACITY_MIN or vs_default_verdict == "unmet":
-        met = False
+        verdict = Verdict.UNMET
     else:
-        met = True if vs_default_verdict == "met" else "inconclusive"
+        verdict = Verdict.MET if vs_default_verdict == "met" else Verdict.INCONCLUSIVE
     values = {
         "goodput_bps": row["goodput_bps"], "default_goodput_bps": default["goodput_bps"],
         "vs_capacity": vs_capacity, "vs_default": vs_default, "vs_default_ci": row.get("vs_default_ci"),
@@ -188,7 +199,7 @@ def _bulk_target(rows: dict, scheduler: str, alone: dict[str, dict] | None = Non
             if reachable < BULK_CAPACITY_MIN:
                 note = (f"the paths alone deliver {reachable:.2f} × their rates: {BULK_CAPACITY_MIN:g} × is "
                         f"beyond any scheduler here")
-    return _target(f"wifi-lte-bulk-{scheduler}", description, met, values, note)
+    return _target(f"wifi-lte-bulk-{scheduler}", description, verdict, values, note)
 
 
 def _short_transfer_target(rows: dict, alone: dict[str, dict] | None = None) -> dict:
@@ -197,7 +208,7 @@ def _short_transfer_target(rows: dict, alone: dict[str, dict] | None = None) -> 
     medians = {s: (rows.get(s) or {}).get("completion_p50_s") for s in ("blest", "minrtt", DEFAULT)}
     missing = [s for s, v in medians.items() if v is None]
     if missing:
-        return _target("wifi-lte-256k-blest", description, None, {"median_s": medians},
+        return _target("wifi-lte-256k-blest", description, Verdict.NOT_MEASURED, {"median_s": medians},
                        f"no passing run of {', '.join(missing)}")
     vs_minrtt, vs_default = _ratio(medians["blest"], medians["minrtt"]), _ratio(medians["blest"], medians[DEFAULT])
     met = vs_minrtt <= BLEST_VS_MINRTT_MAX and vs_default <= BLEST_VS_DEFAULT_MAX
@@ -219,7 +230,7 @@ def _short_transfer_target(rows: dict, alone: dict[str, dict] | None = None) -> 
             note = (f"{BLEST_VS_MINRTT_MAX:g} × minrtt = {needed * 1e3:.0f} ms is below {fastest} alone "
                     f"({floor * 1e3:.0f} ms): minrtt loses only {values['minrtt_vs_alone'] - 1:.0%} to "
                     f"head-of-line blocking here")
-    return _target("wifi-lte-256k-blest", description, met, values, note)
+    return _target("wifi-lte-256k-blest", description, Verdict.of(met), values, note)
 
 
 def _lossy_rr_target(rows: dict) -> dict:
@@ -227,9 +238,9 @@ def _lossy_rr_target(rows: dict) -> dict:
     p99 = {s: (rows.get(s) or {}).get("completion_p99_s") for s in ("redundant", DEFAULT)}
     missing = [s for s, v in p99.items() if v is None]
     if missing:
-        return _target("lossy-rr-redundant", description, None, {"p99_s": p99}, f"no passing run of {', '.join(missing)}")
+        return _target("lossy-rr-redundant", description, Verdict.NOT_MEASURED, {"p99_s": p99}, f"no passing run of {', '.join(missing)}")
     vs_default = _ratio(p99["redundant"], p99[DEFAULT])
-    return _target("lossy-rr-redundant", description, vs_default <= REDUNDANT_P99_VS_DEFAULT_MAX, {
+    return _target("lossy-rr-redundant", description, Verdict.of(vs_default <= REDUNDANT_P99_VS_DEFAULT_MAX), {
         "p99_s": p99, "redundant_vs_default": vs_default,
         "samples": {s: rows[s]["completion_count"] for s in p99},
     })
@@ -238,7 +249,7 @@ def _lossy_rr_target(rows: dict) -> dict:
 def _handover_target(doc: dict | None, expected: tuple[str, ...]) -> dict:
     description = "handover: every scheduler finishes with every byte verified"
     if not doc or not doc.get("runs"):
-        return _target("handover-all-verified", description, None, {}, "handover did not run")
+        return _target("handover-all-verified", description, Verdict.NOT_MEASURED, {}, "handover did not run")
     per_scheduler: dict[str, dict] = {}
     for run in doc["runs"]:
         entry = per_scheduler.setdefault(run["scheduler"], {"runs": 0, "verified_runs": 0, "failures": []})
@@ -250,8 +261,8 @@ def _handover_target(doc: dict | None, expected: tuple[str, ...]) -> dict:
     all_verified = all(e["runs"] and e["verified_runs"] == e["runs"] for e in per_scheduler.values())
     note = f"not run: {', '.join(absent)}" if absent else None
     # a failed transfer is a verdict even when some scheduler could not run
-    met = False if not all_verified else (None if absent else True)
-    return _target("handover-all-verified", description, met, {"schedulers": per_scheduler}, note)
+    verdict = Verdict.UNMET if not all_verified else (Verdict.NOT_MEASURED if absent else Verdict.MET)
+    return _target("handover-all-verified", description, verdict, {"schedulers": per_scheduler}, note)
 
 
 def targets(results: dict) -> list[dict]:

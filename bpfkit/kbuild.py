@@ -314,20 +314,13 @@ def default_kernel(flavour: str = "default") -> KernelBuild:
     return build
 
 
-_held_lock_fd: int | None = None  # the build lock's descriptor while this process holds it (for make's guard)
-
-
 @contextlib.contextmanager
 def _build_lock():
-    """One kernel build at a time (2 cores: two builds would each take twice as long)."""
-    global _held_lock_fd
+    """One kernel build at a time (2 cores: two builds would each take twice as long).
+    Yields the lock's descriptor: make's guard keeps it until make is gone."""
     with hostlock.held("kbuild.lock", hostlock.this_process("kernel build"),
                        lambda other: f"bpfkit: waiting for another kernel build ({other})") as fd:
-        _held_lock_fd = fd
-        try:
-            yield fd
-        finally:
-            _held_lock_fd = None
+        yield fd
 
 
 # --------------------------------------------------------------------------- source tree
@@ -547,8 +540,8 @@ def error_excerpt(lines: list[str], limit: int = 30) -> list[str]:
     return [lines[i] for i in chosen[:limit]]
 
 
-def _make(source_tree: Path, build_dir: Path, targets: list[str], log, progress: _Progress | None = None,
-          jobs: int = 1) -> None:
+def _make(source_tree: Path, build_dir: Path, targets: list[str], log, lock_fd: int | None,
+          progress: _Progress | None = None, jobs: int = 1) -> None:
     cmd = ["make", "-C", str(source_tree), f"O={build_dir}", f"-j{jobs}", *targets]
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
@@ -558,7 +551,7 @@ def _make(source_tree: Path, build_dir: Path, targets: list[str], log, progress:
     # the shared build dir beside the next build.
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace", stdin=subprocess.DEVNULL, start_new_session=True) as proc:
-        guard = hostlock.GroupGuard(proc.pid, _held_lock_fd)
+        guard = hostlock.GroupGuard(proc.pid, lock_fd)
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -580,10 +573,10 @@ def _make(source_tree: Path, build_dir: Path, targets: list[str], log, progress:
         )
 
 
-def configure(source_tree: Path, build_dir: Path, fragments: list[Path], log) -> dict[str, str]:
+def configure(source_tree: Path, build_dir: Path, fragments: list[Path], log, lock_fd: int | None) -> dict[str, str]:
     """defconfig + kvm_guest.config + fragments, olddefconfig, mod2yesconfig; then
     check every fragment option kept its requested value. Returns the .config."""
-    _make(source_tree, build_dir, ["defconfig"], log)
+    _make(source_tree, build_dir, ["defconfig"], log, lock_fd)
     # Upstream's MPTCP selftests state what they need (netfilter, nftables, tc actions...) in
     # their own config; merged before bpfkit's fragments so that those still decide.
     selftests = [p for p in [source_tree / SELFTESTS_CONFIG] if p.is_file()]
@@ -597,9 +590,9 @@ def configure(source_tree: Path, build_dir: Path, fragments: list[Path], log) ->
     result = subprocess.run(merge, cwd=source_tree, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise KernelBuildError(f"merge_config.sh failed; see {log.name}")
-    _make(source_tree, build_dir, ["olddefconfig"], log)
+    _make(source_tree, build_dir, ["olddefconfig"], log, lock_fd)
     # Everything built in: no module build or install step, the guest needs no /lib/modules.
-    _make(source_tree, build_dir, ["mod2yesconfig"], log)
+    _make(source_tree, build_dir, ["mod2yesconfig"], log, lock_fd)
     actual = kconfig.parse_config((build_dir / ".config").read_text())
     requested = kconfig.read_fragments(selftests + fragments)
     dropped = kconfig.missing_options(requested, actual)
@@ -674,11 +667,11 @@ def build_kernel(source: Path | None = None, flavour: str = "default", progress:
     if cached is not None:
         return cached
     _check_tools()
-    with _build_lock():
+    with _build_lock() as lock_fd:
         cached = load_cached(inputs.key)  # another process may have just built it
         if cached is not None:
             return cached
-        return _build_locked(inputs, progress)
+        return _build_locked(inputs, progress, lock_fd)
 
 
 def tree_and_build_dir(source: Path | None = None, flavour: str = "default") -> tuple[Path, Path]:
@@ -689,7 +682,7 @@ def tree_and_build_dir(source: Path | None = None, flavour: str = "default") -> 
     return tree, cache_dir() / "build" / f"{inputs.source.name}-{inputs.flavour}"
 
 
-def _build_locked(inputs: BuildInputs, progress: bool) -> KernelBuild:
+def _build_locked(inputs: BuildInputs, progress: bool, lock_fd: int) -> KernelBuild:
     started = time.monotonic()
     if inputs.source.kind == "debian":
         tree = extract_debian_tree(inputs.source)
@@ -710,10 +703,10 @@ def _build_locked(inputs: BuildInputs, progress: bool) -> KernelBuild:
         print(f"bpfkit: building kernel {inputs.source.version} ({inputs.flavour}, key {inputs.key}); "
               f"log: {log_path}", file=sys.stderr)
     with open(log_path, "w", buffering=1) as log:  # line-buffered: `tail -f` works
-        configure(tree, build_dir, inputs.fragments, log)
+        configure(tree, build_dir, inputs.fragments, log, lock_fd)
         bar = _Progress(progress, total, f"kernel {inputs.source.version}")
         try:
-            _make(tree, build_dir, ["bzImage"], log, bar, jobs=os.cpu_count() or 1)
+            _make(tree, build_dir, ["bzImage"], log, lock_fd, bar, jobs=os.cpu_count() or 1)
         finally:
             bar.close()
         if bar.count > total // 2:  # a full build: remember its size for the next bar
