@@ -18,8 +18,9 @@ Crash safety (a kill -9 at any point leaves a complete attachment or nothing):
     the cgroup is selected), then the one map update that selects the cgroup.
   * detach: the one map delete that unselects the cgroup, then its exclusions;
     after the last cgroup, the link pin, then the map pins.
-All of this runs under an exclusive flock on PIN_ROOT, so no two bpfkit
-processes interleave and garbage collection never sees another's half-done work.
+All of this runs under pins.locked() (the one lock of bpfkit's pinned state), so
+no two bpfkit processes interleave and garbage collection never sees another's
+half-done work; the pins follow pins.PinDir's life (link pinned last, removed first).
 (bpffs does support rename(2), so "pin into a temp dir and rename it" would also
 work for the first attach, but not for detach; "link pin last" covers both.)
 """
@@ -27,7 +28,6 @@ work for the first attach, but not for detach; "link pin last" covers both.)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -40,16 +40,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfkit import cgroup, fs, libbpf
+from bpfkit import cgroup, fs, libbpf, pins
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, LoadError, UsageError
 from bpfkit.paths import PIN_ROOT, TEMPLATES_DIR
 
 PROGRAM = "mptcpify"
 PIN_DIR = PIN_ROOT / "mptcpize"
-LINK_PIN = PIN_DIR / "link"
 CGROUPS_MAP = "selected_cgroups"
 EXCLUDED_MAP = "excluded_comms"
 MAP_NAMES = (CGROUPS_MAP, EXCLUDED_MAP)
+PINS = pins.PinDir(PIN_DIR, MAP_NAMES)
+LINK_PIN = PINS.link_pin
 
 # Keep in sync with bpf/mptcpify.bpf.c.
 MAX_CGROUP_DEPTH = 32
@@ -219,17 +220,11 @@ def cgroup_paths(ids) -> dict[int, Path]:
 
 @contextlib.contextmanager
 def _locked():
-    """Exclusive lock between bpfkit processes touching PIN_DIR (released by
-    the kernel if we die). PIN_ROOT is never removed, so it is safe to lock."""
-    libbpf.ensure_bpffs()
-    fs.private_dir(PIN_ROOT)
-    fd = os.open(PIN_ROOT, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """pins.locked(): no other bpfkit process changes pins meanwhile (released by the
+    kernel if we die)."""
+    with pins.locked():
         _step("locked")
         yield
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -243,11 +238,11 @@ class Pinned:
     @classmethod
     def open(cls) -> "Pinned | None":
         """None when not attached (no link pin)."""
-        if not LINK_PIN.exists():
+        if not PINS.committed():
             return None
-        link = libbpf.Link.from_pin(LINK_PIN)
+        link = PINS.open_link()
         try:
-            maps = [libbpf.Map.from_pin(PIN_DIR / name) for name in MAP_NAMES]
+            maps = list(PINS.open_maps().values())
         except BpfkitError as exc:
             link.close()
             raise AttachError(f"the mptcpize pins under {PIN_DIR} are inconsistent: {exc}",
@@ -278,15 +273,7 @@ class Pinned:
 
 def _unpin_all() -> None:
     """Remove the attachment: link pin first (detaches now), then map pins."""
-    if LINK_PIN.exists():
-        link = libbpf.Link.from_pin(LINK_PIN)
-        link.detach()  # BPF_LINK_DETACH if supported; the last reference goes with the pin and our fd
-        _step("link-unpinned")
-    for name in MAP_NAMES:
-        with contextlib.suppress(FileNotFoundError):
-            (PIN_DIR / name).unlink()
-    with contextlib.suppress(FileNotFoundError):
-        PIN_DIR.rmdir()
+    PINS.remove(step=_step)
 
 
 RUN_CGROUP_PREFIX = "bpfkit-mptcpize-run-"  # + creator pid + "-" + 8 hex digits (cgroup.temporary)
@@ -323,8 +310,7 @@ def _collect_garbage(pinned: Pinned | None, *, stale_cgroups: bool) -> tuple[Pin
             if pinned is not None and pinned.cgroups.delete(cg_id):
                 dropped.append(cg_id)
     if pinned is None:
-        if PIN_DIR.exists():  # map pins without a link pin: never committed
-            _unpin_all()
+        PINS.collect_uncommitted()  # map pins without a link pin: never committed
         return None, dropped
     selected = pinned.selected()
     if stale_cgroups:
@@ -449,26 +435,13 @@ def _create(cg_id: int, options: Options) -> tuple[int, int]:
     link (the commit point). Until then everything dies with this process."""
     obj = _load_program()
     link = None
-    pinned_paths: list[Path] = []
     try:
         _select((obj.map(CGROUPS_MAP), obj.map(EXCLUDED_MAP)), cg_id, options)
         with _kernel_refusal_explained():
             link = obj.program(PROGRAM).attach()
         _step("link-attached")
-        for name in MAP_NAMES:
-            pinned_paths.append(obj.map(name).pin(PIN_DIR / name))
-            _step(f"pinned-{name}")
-        info = link.info()
-        link.pin(LINK_PIN)
-        _step("link-pinned")
+        info = PINS.commit(link, {name: obj.map(name) for name in MAP_NAMES}, step=_step)
         return info["prog_id"], info["id"]
-    except BaseException:
-        for path in pinned_paths:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        with contextlib.suppress(OSError):
-            PIN_DIR.rmdir()
-        raise
     finally:
         if link is not None:
             link.close()  # detaches unless pinned
@@ -535,9 +508,7 @@ def detach(path: str | Path | None = None, *, cgroup_id: int | None = None) -> D
 def detach_all() -> bool:
     """Remove the program and every pin, whatever state they are in."""
     with _locked():
-        existed = PIN_DIR.exists()
-        _unpin_all()
-        return existed
+        return PINS.remove(step=_step)
 
 
 # --------------------------------------------------------------------------- status

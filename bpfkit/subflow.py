@@ -29,12 +29,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfkit import build, cgroup as cgroups, fs, libbpf
+from bpfkit import build, cgroup as cgroups, libbpf, pins
 from bpfkit import subflow_policy as sp
 from bpfkit.errors import BpfkitError, KernelUnsupported
 
@@ -55,6 +54,10 @@ MAP_SHAPES = {
 
 def pin_dir(cgroup_id: int) -> Path:
     return PIN_DIR / str(cgroup_id)
+
+
+def _pins(directory: Path) -> pins.PinDir:
+    return pins.PinDir(directory, MAP_NAMES)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def _attach_new(cg: Path, cg_id: int, encoded: sp.Encoded) -> tuple[dict, int]:
     leaving nothing attached and nothing pinned."""
     _check_kernel()
     obj_path = build.compile_bpf(build.bpf_source(PROGRAM)).path
-    directory = pin_dir(cg_id)
+    directory = _pins(pin_dir(cg_id))
     link = None
     try:
         with libbpf.open_object(obj_path, layouts=sp.LAYOUTS) as obj:
@@ -159,56 +162,28 @@ def _attach_new(cg: Path, cg_id: int, encoded: sp.Encoded) -> tuple[dict, int]:
             _write_half(maps, 0, encoded)
             maps["policy"].update(0, sp.POLICY.pack(0, len(encoded.rules), 0))
             link = obj.program(PROGRAM).attach_cgroup(cg)
-            for name, m in maps.items():
-                m.pin(directory / name)
-            # The link pin last: its presence marks a complete policy.
-            link.pin(directory / "link")
-            info = link.info()
+            info = directory.commit(link, maps)  # the link pin last: a complete policy
             link.close()  # the pin keeps it attached
             link = None
             return info, 0
     except BaseException:
         if link is not None:
             link.detach()
-        _remove_pins(directory)
+        directory.collect_uncommitted()
         raise
-
-
-def _remove_pins(directory: Path) -> None:
-    for name in ("link", *MAP_NAMES):
-        with contextlib.suppress(FileNotFoundError):
-            (directory / name).unlink()
-    with contextlib.suppress(FileNotFoundError, OSError):
-        directory.rmdir()
 
 
 @contextlib.contextmanager
 def _locked():
-    """Serialise apply/clear: two concurrent applies on one cgroup would both
-    see "nothing pinned" and attach twice. flock works on a bpffs directory."""
-    libbpf.ensure_bpffs()
-    while True:
-        fs.private_dir(libbpf.PIN_ROOT)
-        fs.private_dir(PIN_DIR)
-        fd = os.open(PIN_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        # the last holder removes the directory once no policy is left (below):
-        # a lock taken on a directory removed meanwhile locks nothing, take it again
+    """Serialise apply/clear (pins.locked: two concurrent applies on one cgroup
+    would both see "nothing pinned" and attach twice); PIN_DIR is checked root's
+    own, and removed again once no policy is left in it."""
+    with pins.locked():
+        pins.kind_dir(PIN_DIR.name)
         try:
-            if os.stat(PIN_DIR).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield
-    finally:
-        try:
-            if not any(PIN_DIR.iterdir()):  # nothing pinned: leave no trace in bpffs
-                PIN_DIR.rmdir()
-        except OSError:
-            pass
-        os.close(fd)
+            yield
+        finally:
+            pins.remove_if_empty(PIN_DIR)
 
 
 # ---------------------------------------------------------------- pinned state
@@ -220,11 +195,10 @@ class PinnedPolicy:
     def __init__(self, directory: Path):
         self.directory = directory
         self.cgroup_id = int(directory.name)
-        self.link = libbpf.Link.from_pin(directory / "link")
+        self.link = _pins(directory).open_link()
         self.maps: dict[str, libbpf.Map] = {}
         try:
-            for name in MAP_NAMES:
-                self.maps[name] = libbpf.Map.from_pin(directory / name)
+            self.maps = _pins(directory).open_maps()
             _check_shapes(self.maps, str(directory))
         except BaseException:
             self.close()
@@ -246,10 +220,9 @@ def _open_pinned(cg_id: int) -> PinnedPolicy | None:
     directory = pin_dir(cg_id)
     if not directory.exists():
         return None
-    if not (directory / "link").exists():
+    if _pins(directory).collect_uncommitted():
         # Left by an apply that was killed before pinning its link (whose
-        # attachment died with the process): only stale maps remain.
-        _remove_pins(directory)
+        # attachment died with the process): only stale maps remained.
         return None
     pinned = PinnedPolicy(directory)
     if pinned.link.info().get("cgroup_id") != cg_id:
@@ -375,9 +348,4 @@ def clear_all() -> list[int]:
 
 
 def _clear_dir(directory: Path) -> bool:
-    if not directory.exists():
-        return False
-    if (directory / "link").exists():
-        libbpf.Link.from_pin(directory / "link").detach()  # detach now, then unpin
-    _remove_pins(directory)
-    return True
+    return _pins(directory).remove()

@@ -61,12 +61,13 @@ def test_atomic_write_replaces_a_planted_symlink_instead_of_writing_through_it(t
 
 
 def test_another_user_can_neither_open_nor_lock_bpfkit_state():
-    with subflow._locked():  # creates /sys/fs/bpf/bpfkit and its subflow dir, as an apply does
+    with subflow._locked():  # the one lock (pins.locked) and the subflow dir, as an apply takes them
         st = os.stat(libbpf.PIN_ROOT)
         assert (st.st_mode & 0o777, st.st_uid) == (0o700, 0)
-        r = as_nobody(f"import os, fcntl; fd = os.open({str(subflow.PIN_DIR)!r}, os.O_RDONLY); "
-                      f"fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
-        assert r.returncode != 0 and "PermissionError" in r.stderr, r.stderr
+        for directory in (libbpf.PIN_ROOT, subflow.PIN_DIR):
+            r = as_nobody(f"import os, fcntl; fd = os.open({str(directory)!r}, os.O_RDONLY); "
+                          f"fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+            assert r.returncode != 0 and "PermissionError" in r.stderr, r.stderr
         r = as_nobody(f"open({str(libbpf.PIN_ROOT / 'planted')!r}, 'w')")
         assert r.returncode != 0 and "PermissionError" in r.stderr, r.stderr
 
