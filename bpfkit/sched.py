@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bpfkit import fs, sched_name
+from bpfkit import fs, pins, sched_name
 from bpfkit import netns as namespaces  # `netns` is the parameter naming one
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UnsafePath, UsageError
 from bpfkit.paths import BPF_DIR, PIN_ROOT, cache_dir
@@ -273,8 +272,13 @@ class Record:
         return link_pin(self.name)
 
 
+def pin_dir(name: str) -> pins.PinDir:
+    """PIN_ROOT/sched/<name>: a scheduler's registration is its struct_ops link alone."""
+    return pins.PinDir(PIN_DIR / name)
+
+
 def link_pin(name: str) -> Path:
-    return PIN_DIR / name / "link"
+    return pin_dir(name).link_pin
 
 
 def _run_dir() -> Path:
@@ -321,13 +325,10 @@ def pinned_names() -> list[str]:
 
 @contextlib.contextmanager
 def _lock():
-    """One bpfkit sched load/unload/use at a time (pins, records and selections change together)."""
-    fd = fs.lock_file(_run_dir() / ".lock")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """One bpfkit sched load/unload/use at a time (pins, records and selections change
+    together): pins.locked(), the lock of all of bpfkit's pinned state."""
+    with pins.locked():
         yield
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -403,10 +404,7 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None,
         link = None
         try:
             link = obj.map(chosen.var).attach_struct_ops()
-            libbpf.ensure_bpffs()
-            fs.private_dir(PIN_ROOT)
-            fs.private_dir(PIN_DIR)
-            link.pin(link_pin(name))
+            pin_dir(name).commit(link, {})
             program_ids = {p.name: p.id for p in obj.programs.values() if _autoloaded(p)}
             rec = Record(name=name, source=str(source), object=str(object_path), object_sha256=sha,
                          ops_map=chosen.var, flags=["redundant"] if chosen.redundant else [],
@@ -417,7 +415,7 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None,
         except BaseException:
             if link is not None:
                 link.detach()  # unregisters and removes the pin
-            _remove_pin_dir(name)
+            pin_dir(name).remove()
             with contextlib.suppress(FileNotFoundError):
                 _record_path(name).unlink()
             obj.close()
@@ -435,14 +433,6 @@ def _autoloaded(prog) -> bool:
         return prog.id > 0
     except BpfkitError:
         return False
-
-
-def _remove_pin_dir(name: str) -> None:
-    d = PIN_DIR / name
-    with contextlib.suppress(FileNotFoundError):
-        for p in d.iterdir():
-            p.unlink()
-        d.rmdir()
 
 
 def wait_unregistered(name: str, timeout: float = UNREGISTER_TIMEOUT) -> None:
@@ -466,8 +456,6 @@ def users(name: str) -> list[str]:
 
 
 def unload(name: str, *, force: bool = False) -> UnloadResult:
-    from bpfkit import libbpf
-
     validate_name(name)
     if name == DEFAULT:
         raise UsageError("the in-kernel 'default' scheduler cannot be unloaded")
@@ -490,9 +478,7 @@ def unload(name: str, *, force: bool = False) -> UnloadResult:
         for ns in using:
             set_selected(DEFAULT, None if ns == CURRENT_NETNS else ns)
             switched[ns] = name
-        link = libbpf.Link.from_pin(link_pin(name))
-        link.detach()  # the kernel unregisters the name now; unpins
-        _remove_pin_dir(name)
+        pin_dir(name).remove()  # detaches: the kernel unregisters the name now
         with contextlib.suppress(FileNotFoundError):
             _record_path(name).unlink()
         wait_unregistered(name)
