@@ -137,7 +137,8 @@ def compile_worker(workdir: Path) -> Path:
 
 
 def host_main(args) -> int:
-    from bpfkit import build, kbuild, vm
+    from bpfkit.loader import build
+    from bpfkit.kernel import kbuild, vm
 
     # Compile the BPF object for the VM kernel here (fast), so the guest finds
     # it in the shared cache instead of running clang under emulation.

@@ -425,7 +425,7 @@ def prebuild(vmlinux: Path) -> dict[str, str | None]:
     """Compile each reference scheduler for the VM kernel on the host (clang
     under TCG emulation is slow; the guest then finds the objects in the shared
     cache). Returns name -> None (built) or the compile error."""
-    from bpfkit import build
+    from bpfkit.loader import build
 
     status: dict[str, str | None] = {}
     for name in BPF_SCHEDULERS:
@@ -488,7 +488,7 @@ def vm_timeout(plan: dict) -> float:
 
 def run(out: Path, *, quick: bool, echo_guest=None) -> dict:
     """Boot the VM once, measure, render; returns the bench document (bench.json)."""
-    from bpfkit import kbuild, vm
+    from bpfkit.kernel import kbuild, vm
 
     started = time.monotonic()
     out = out.resolve()

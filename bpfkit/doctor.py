@@ -59,7 +59,7 @@ def check_vm() -> list[Check]:
 
 def check_kvm() -> Check:
     """KVM as last found by the VM runner's real boot probe (not re-probed here)."""
-    from bpfkit import vm
+    from bpfkit.kernel import vm
 
     status = vm.cached_accel()
     if not os.path.exists("/dev/kvm"):

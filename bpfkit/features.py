@@ -61,13 +61,13 @@ def check_cgroup2() -> Check:
 
 
 def _probe_object():
-    from bpfkit import build
+    from bpfkit.loader import build
 
     return build.compile_bpf(build.bpf_source("probes")).path
 
 
 def _load_only(obj_path: Path, program: str):
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     obj = libbpf.BpfObject.open(obj_path)
     try:
@@ -124,7 +124,7 @@ def check_sockops() -> Check:
 def check_subflow_opts() -> Check:
     """What bpf/subflow_opts.bpf.c needs beyond cgroup sockops: the bpf_rdonly_cast kfunc
     (Linux 6.2) to read a subflow's MPTCP context. Debian's 6.1 lacks it; its 6.12 has it."""
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     blocks = "per-subflow socket options (bpfkit subflow)"
     try:
@@ -141,7 +141,7 @@ def check_subflow_opts() -> Check:
 
 def check_struct_ops() -> list[Check]:
     """struct_ops at all (tcp_congestion_ops), then BPF MPTCP schedulers."""
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     try:
         with libbpf.KernelBtf() as btf:
@@ -157,7 +157,7 @@ def check_struct_ops() -> list[Check]:
 
 def check_sched_struct_ops() -> Check:
     """Whether BPF MPTCP schedulers can register (`sched load`'s precondition)."""
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     name, blocks = "struct_ops_mptcp_sched_ops", "BPF MPTCP schedulers (bpfkit sched)"
     try:
@@ -191,7 +191,7 @@ def check_mptcp() -> list[Check]:
 
 
 def check_libbpf() -> Check:
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     try:
         return Check("libbpf", OK, libbpf.dist().describe())

@@ -40,7 +40,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfkit import cgroup, fs, libbpf, pins
+from bpfkit import cgroup, fs
+from bpfkit.loader import libbpf, pins
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, LoadError, UsageError
 from bpfkit.paths import PIN_ROOT, TEMPLATES_DIR
 
@@ -383,7 +384,7 @@ def _object_path() -> Path:
     """The compiled program, once per process: even a cache hit of
     compile_bpf runs `clang --version` and hashes the kernel BTF, which is
     slow in an emulated VM and pointless more than once."""
-    from bpfkit import build
+    from bpfkit.loader import build
 
     return build.compile_bpf(build.bpf_source(PROGRAM)).path
 

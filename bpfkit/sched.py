@@ -38,7 +38,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bpfkit import fs, pins, sched_name
+from bpfkit import fs, sched_name
+from bpfkit.loader import pins
 from bpfkit import netns as namespaces  # `netns` is the parameter naming one
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UnsafePath, UsageError
 from bpfkit.paths import BPF_DIR, PIN_ROOT, cache_dir
@@ -146,7 +147,7 @@ _KFUNC_API_CHANGES = {
 
 def scheduler_verifier_hint(log: str) -> str | None:
     """What a scheduler written for another export generation should write instead."""
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     if libbpf.UNTRUSTED_ARG.search(log):
         return ("in a sleepable get_retrans (SEC(\"struct_ops.s\")) subflow->tcp_sock is an untrusted pointer "
@@ -162,7 +163,7 @@ def is_object(spec: str | Path) -> bool:
 
 def ops_maps_of_object(path: Path) -> list[OpsMap]:
     """The mptcp_sched_ops maps of a prebuilt object, read from its BTF and initial values."""
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     with libbpf.BpfObject.open(path) as obj:
         specs = obj.struct_ops_specs()
@@ -344,7 +345,7 @@ class LoadResult:
 
 
 def _link_ids(name: str) -> tuple[int | None, int | None]:
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     try:
         link = libbpf.Link.from_pin(link_pin(name))
@@ -365,7 +366,7 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None,
     Idempotent for the same object; an error when another object (or a loader
     other than bpfkit) holds the name.  On any failure nothing stays
     registered or pinned."""
-    from bpfkit import build, libbpf
+    from bpfkit.loader import build, libbpf
 
     source = resolve_source(spec)
     if is_object(source):
@@ -488,7 +489,7 @@ def unload(name: str, *, force: bool = False) -> UnloadResult:
 def foreign_registrations() -> dict[str, dict]:
     """Schedulers registered by another loader (bpftool, a test program...), by name:
     the struct_ops maps whose kernel value holds a registered name bpfkit did not pin."""
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     ours = set(pinned_names())
     names = [n for n in available() if n != DEFAULT and n not in ours]
@@ -504,7 +505,7 @@ def foreign_registrations() -> dict[str, dict]:
 
 
 def _unload_foreign(name: str) -> UnloadResult:
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     entry = foreign_registrations().get(name)
     if entry is None:
@@ -554,7 +555,7 @@ def list_all() -> dict:
 
 
 def show(name: str) -> dict:
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     validate_name(name)
     names = available()

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from bpfkit import build, libbpf
+from bpfkit.loader import build, libbpf
 from bpfkit.errors import KernelUnsupported, LoadError
 
 SOURCE = "sched_trace"

@@ -33,7 +33,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfkit import build, cgroup as cgroups, libbpf, pins
+from bpfkit import cgroup as cgroups
+from bpfkit.loader import build, libbpf, pins
 from bpfkit import subflow_policy as sp
 from bpfkit.errors import BpfkitError, KernelUnsupported
 

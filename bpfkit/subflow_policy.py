@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfkit.errors import UsageError
-from bpfkit.libbpf import Layout
+from bpfkit.loader.libbpf import Layout
 
 MAX_RULES = 32  # SUBFLOW_MAX_RULES
 MAX_PREFIXES = 16  # SUBFLOW_MAX_PREFIXES: per rule, after resolving interfaces

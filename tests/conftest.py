@@ -53,7 +53,7 @@ def leftover_bpf_check(grace_s: float = 5.0, poll_s: float = 0.1):
     """Fail if the block leaves BPF programs or links loaded. struct_ops maps
     and their programs are freed after an RCU grace period, so the kernel gets
     `grace_s` before anything is called a leak."""
-    from bpfkit import libbpf
+    from bpfkit.loader import libbpf
 
     progs_before = set(libbpf.loaded_program_ids())
     links_before = set(libbpf.loaded_link_ids())

@@ -4,7 +4,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bpfkit import build
+from bpfkit.loader import build
 from bpfkit.errors import BuildError, UsageError
 from bpfkit.paths import BPF_DIR
 
@@ -39,7 +39,7 @@ def handle(args) -> int:
     sources = args.sources or sorted(BPF_DIR.rglob("*.bpf.c"))
     kernel = args.kernel
     if kernel in ("vm", "vm-debug"):
-        from bpfkit import kbuild
+        from bpfkit.kernel import kbuild
 
         kernel = kbuild.default_kernel("debug" if kernel == "vm-debug" else "default").vmlinux
     options = compile_options(args)

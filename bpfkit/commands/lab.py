@@ -161,7 +161,7 @@ def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool
 
 
 def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
-    from bpfkit import vm
+    from bpfkit.kernel import vm
 
     out.mkdir(parents=True, exist_ok=True)
     stale = out / "results.json"

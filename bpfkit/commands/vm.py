@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bpfkit import kbuild, vm
+from bpfkit.kernel import kbuild, vm
 from bpfkit.errors import UsageError, VmError
 
 
@@ -81,7 +81,8 @@ def handle_selftests(args) -> int:
     import datetime
     import sys
 
-    from bpfkit import build, sched, selftests
+    from bpfkit import sched, selftests
+    from bpfkit.loader import build
     from bpfkit.paths import cache_dir
 
     known = selftests.load_known(args.known)

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from bpfkit import cgroup, libbpf
+from bpfkit import cgroup
+from bpfkit.loader import libbpf
 from bpfkit.paths import PIN_ROOT
 
 pytestmark = pytest.mark.distro

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import cgroup, cli, libbpf, mptcp_sockopt, mptcpize
+from bpfkit import cgroup, cli, mptcp_sockopt, mptcpize
+from bpfkit.loader import libbpf
 from bpfkit.errors import UsageError
 
 pytestmark = pytest.mark.distro

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, kbuild, sched
+from bpfkit import sched
+from bpfkit.loader import build
+from bpfkit.kernel import kbuild
 
 pytestmark = pytest.mark.host
 

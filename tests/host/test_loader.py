@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, cgroup, libbpf
+from bpfkit import cgroup
+from bpfkit.loader import build, libbpf
 from bpfkit.errors import LoadError, VerifierError
 
 pytestmark = pytest.mark.host

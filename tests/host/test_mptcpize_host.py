@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import cgroup, features, libbpf, mptcpize
+from bpfkit import cgroup, features, mptcpize
+from bpfkit.loader import libbpf
 
 pytestmark = pytest.mark.host
 

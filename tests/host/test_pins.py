@@ -1,4 +1,4 @@
-"""bpfkit.pins on the host kernel: a PinDir's commit pins the link last, removal
+"""bpfkit.loader.pins on the host kernel: a PinDir's commit pins the link last, removal
 detaches through the link pin, what a killed commit leaves is garbage the next
 command removes, and the one lock really excludes another process."""
 
@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from bpfkit import build, cgroup, libbpf, pins
+from bpfkit import cgroup
+from bpfkit.loader import build, libbpf, pins
 
 pytestmark = pytest.mark.host
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from pyroute2 import NetNS
 
-from bpfkit import build, cgroup, cli, libbpf, subflow
+from bpfkit import cgroup, cli, subflow
+from bpfkit.loader import build, libbpf
 from bpfkit import subflow_policy as sp
 from bpfkit.errors import AttachError, UsageError
 

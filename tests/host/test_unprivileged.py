@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import fs, libbpf, subflow
+from bpfkit import fs, subflow
+from bpfkit.loader import libbpf
 from bpfkit.errors import UnsafePath
 
 pytestmark = pytest.mark.host

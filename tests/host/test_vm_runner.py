@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import kbuild, vm
+from bpfkit.kernel import kbuild, vm
 from bpfkit.errors import MissingDependency, VmPanic, VmTimeout
 from bpfkit.paths import cache_dir
 

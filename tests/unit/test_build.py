@@ -2,7 +2,7 @@ import uuid
 
 import pytest
 
-from bpfkit import build
+from bpfkit.loader import build
 from bpfkit.errors import BuildError, UsageError
 
 pytestmark = pytest.mark.unit
@@ -73,7 +73,7 @@ def test_user_cflags_that_would_change_the_build_are_refused(flag):
 
 
 def test_a_layout_names_each_member_of_its_format_once():
-    from bpfkit.libbpf import Layout
+    from bpfkit.loader.libbpf import Layout
 
     layout = Layout("s", "<B3x16sH4H", ("a", "b", "c", "d"), offset=8)
     assert layout.member_offsets == {"a": 8, "b": 12, "c": 28, "d": 30} and layout.size == 30

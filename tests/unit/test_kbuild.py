@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from bpfkit import config as kconfig
-from bpfkit import kbuild
+from bpfkit.kernel import kconfig
+from bpfkit.kernel import kbuild
 from bpfkit.errors import KernelBuildError, MissingDependency, UsageError
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from bpfkit import kbuild
+from bpfkit.kernel import kbuild
 from bpfkit.paths import cache_dir
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,8 @@ import argparse
 
 import pytest
 
-from bpfkit import build, sched_scaffold
+from bpfkit import sched_scaffold
+from bpfkit.loader import build
 from bpfkit.errors import MissingDependency, UsageError
 
 pytestmark = pytest.mark.unit
@@ -177,7 +178,7 @@ def test_dir_that_is_a_file_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def vm_vmlinux():
-    from bpfkit import kbuild
+    from bpfkit.kernel import kbuild
 
     try:
         return kbuild.default_kernel().vmlinux

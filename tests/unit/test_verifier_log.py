@@ -1,6 +1,6 @@
 import pytest
 
-from bpfkit.libbpf import parse_verifier_log
+from bpfkit.loader.libbpf import parse_verifier_log
 
 pytestmark = pytest.mark.unit
 

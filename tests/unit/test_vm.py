@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import vm
+from bpfkit.kernel import vm
 from bpfkit.errors import UsageError, VmError, VmPanic
 from bpfkit.paths import PROJECT_ROOT
 
@@ -165,7 +165,7 @@ def test_machine_lock_makes_a_second_vm_wait_and_says_for_whom(tmp_path, monkeyp
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from bpfkit import vm\n"
+         "from bpfkit.kernel import vm\n"
          "with vm.machine_lock(['pytest', '-m', 'vm']):\n"
          "    print('held', flush=True)\n"
          "    time.sleep(1.5)\n"],
@@ -190,7 +190,7 @@ def test_machine_lock_is_released_when_the_holder_is_killed(tmp_path, monkeypatc
     monkeypatch.delenv("BPFKIT_VM_PARALLEL", raising=False)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import time\nfrom bpfkit import vm\n"
+         "import time\nfrom bpfkit.kernel import vm\n"
          "with vm.machine_lock(['x']):\n    print('held', flush=True)\n    time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "BPFKIT_CACHE": str(tmp_path)})
     assert holder.stdout.readline().strip() == "held"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, libbpf, sched
+from bpfkit import sched
+from bpfkit.loader import build, libbpf
 from tests.vm.test_sched_kernel import sh
 from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, pair, report, transfer  # noqa: F401 (pair: fixture)
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, libbpf, mptcp_sockopt, netns
+from bpfkit import mptcp_sockopt, netns
+from bpfkit.loader import build, libbpf
 from bpfkit.errors import AttachError, VerifierError
 from tests.conftest import leftover_bpf_check
 

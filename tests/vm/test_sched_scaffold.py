@@ -3,7 +3,7 @@ carries MPTCP connections.
 
 Registration goes through `bpfkit sched load FILE` / `bpfkit sched unload NAME`
 (the CLI a user runs) when that command exists, else straight through
-bpfkit.libbpf. The names match tests/unit/test_sched_scaffold.py, whose compile
+bpfkit.loader.libbpf. The names match tests/unit/test_sched_scaffold.py, whose compile
 tests prebuild these exact sources for the VM kernel."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, libbpf, sched_scaffold
+from bpfkit import sched_scaffold
+from bpfkit.loader import build, libbpf
 from tests.vm.test_sched_kernel import MiB, Pair, Transfer, available, no_leftover_bpf  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.vm

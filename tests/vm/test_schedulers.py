@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import build, libbpf, mptcp_sockopt, netns, sched, sock_diag
+from bpfkit import mptcp_sockopt, netns, sched, sock_diag
+from bpfkit.loader import build, libbpf
 from bpfkit.errors import AttachError, UsageError, VerifierError
 from tests.vm.test_sched_kernel import (  # noqa: F401
     PAYLOAD, Pair, kernel_splats, mptcp_counters, no_leftover_bpf, settled_info, sh)

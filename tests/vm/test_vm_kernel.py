@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bpfkit import build, libbpf
+from bpfkit.loader import build, libbpf
 
 pytestmark = pytest.mark.vm
 

@@ -199,7 +199,7 @@ def check_safe_path(path: Path, what: str) -> str:
 def resolve_kernel(kernel: Path | str | None) -> Path:
     """A bzImage path: the given file, <dir>/bzImage for a dir, or the default build."""
     if kernel is None:
-        from bpfkit.kbuild import default_kernel  # kernel builds, not VM logic
+        from bpfkit.kernel.kbuild import default_kernel  # kernel builds, not VM logic
 
         return default_kernel().bzimage
     path = Path(kernel).expanduser()

@@ -37,7 +37,8 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bpfkit import fs, libbpf
+from bpfkit import fs
+from bpfkit.loader import libbpf
 from bpfkit.paths import PIN_ROOT
 
 LINK = "link"

@@ -28,9 +28,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfkit import config as kconfig
 from bpfkit import hostlock
 from bpfkit.errors import KernelBuildError, MissingDependency, UsageError
+from bpfkit.kernel import kconfig
 from bpfkit.paths import VM_DIR, cache_dir
 
 # Bump when the build procedure changes in a way that changes the result.

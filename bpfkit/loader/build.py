@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfkit import libbpf_dist
 from bpfkit.errors import BuildError, MissingDependency, UsageError
+from bpfkit.loader import libbpf_dist
 from bpfkit.paths import BPF_DIR, cache_dir
 
 RUNNING_KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")

@@ -24,8 +24,9 @@ from ctypes import (CFUNCTYPE, POINTER, byref, c_bool, c_char, c_char_p, c_int, 
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfkit import fs, libbpf_dist
+from bpfkit import fs
 from bpfkit.errors import AttachError, BpfkitError, LoadError, VerifierError
+from bpfkit.loader import libbpf_dist
 from bpfkit.paths import PIN_ROOT  # noqa: F401  (re-exported for callers)
 
 # --- kernel ABI constants (include/uapi/linux/bpf.h, btf.h) -----------------
