@@ -16,13 +16,14 @@ from pathlib import Path as FilePath
 
 from bpfkit import sched_name
 from bpfkit.errors import UsageError
+from bpfkit.lab.kinds import KINDS
 
 MAX_PATHS = 8  # the in-kernel path manager accepts at most 8 subflows
 MTU_FRAME = 1514  # bytes on the wire per full-sized packet (1500 + Ethernet header)
 MIN_QUEUE_PACKETS = 16  # floor for the BDP-derived default bottleneck buffer
 PATH_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
-TRAFFIC_KINDS = ("bulk", "request-response", "cbr")
+TRAFFIC_KINDS = tuple(KINDS)
 EVENT_ACTIONS = ("down", "up", "set")
 DIRECTIONS = ("download", "upload")
 
@@ -345,11 +346,6 @@ def _join(prefix: str, key) -> str:
 _TOP_KEYS = {"name", "description", "duration", "seed", "repetitions", "schedulers", "paths", "traffic", "events", "mptcp", "timeout"}
 _PATH_KEYS = {"rate", "delay", "jitter", "loss", "queue", "backup"}
 _SET_KEYS = {"rate", "delay", "jitter", "loss", "queue"}
-_TRAFFIC_KEYS = {
-    "bulk": {"kind", "direction", "bytes", "time"},
-    "request-response": {"kind", "request_size", "response_size", "rate", "count", "warmup"},
-    "cbr": {"kind", "direction", "rate", "message_size", "time"},
-}
 
 
 def validate_scheduler_name(name, key: str = "schedulers", source: str = "<arguments>") -> str:
@@ -456,7 +452,7 @@ def _parse_traffic(c: _Checker, data, duration: float) -> TrafficSpec:
     kind = data.get("kind")
     if kind not in TRAFFIC_KINDS:
         c.fail("traffic.kind", f"must be one of {', '.join(TRAFFIC_KINDS)}, got {kind!r}")
-    c.table(data, "traffic", _TRAFFIC_KEYS[kind])
+    c.table(data, "traffic", KINDS[kind].keys)
     direction = data.get("direction", "download")
     if direction not in DIRECTIONS:
         c.fail("traffic.direction", f"must be 'download' (server → client) or 'upload', got {direction!r}")
