@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpfkit import sched_name
-from bpfkit.errors import BpfkitError, UsageError, VmError
-from bpfkit.paths import BPF_DIR, PROJECT_ROOT, cache_dir
+from bpfkit.errors import BpfkitError, UsageError
+from bpfkit.paths import BPF_DIR, PROJECT_ROOT
 
 if TYPE_CHECKING:
     from bpfkit.lab.scenario import Scenario
@@ -58,8 +58,6 @@ BLEST_VS_MINRTT_MAX = 0.85
 BLEST_VS_DEFAULT_MAX = 1.0
 REDUNDANT_P99_VS_DEFAULT_MAX = 0.5
 
-VM_BOOT_MARGIN_S = 600  # boot + imports under TCG on a busy host
-VM_PER_RUN_MARGIN_S = 120  # topology + two Python traffic processes per run in the guest
 
 
 @dataclass(frozen=True)
@@ -475,14 +473,16 @@ def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...]) -> dict:
 
 def vm_timeout(plan: dict) -> float:
     """A bound for failures: every run at its scenario timeout plus set-up."""
+    from bpfkit.kernel.vm import BOOT_MARGIN_S
+    from bpfkit.lab.runner import GUEST_PER_RUN_MARGIN_S
     from bpfkit.lab.scenario import load_scenario
 
-    total = VM_BOOT_MARGIN_S + 120 * len(plan["bpf_schedulers"])
+    total = BOOT_MARGIN_S + 120 * len(plan["bpf_schedulers"])  # a registration: ~11 s under TCG, 120 is the bound
     for item in plan["scenarios"]:
         scenario = load_scenario(item["file"]).scaled(item["scale"])
-        total += len(item["schedulers"]) * (scenario.effective_timeout_s + VM_PER_RUN_MARGIN_S)
+        total += len(item["schedulers"]) * (scenario.effective_timeout_s + GUEST_PER_RUN_MARGIN_S)
     for item in plan.get("alone", []):
-        total += load_scenario(item["file"]).scaled(item["scale"]).effective_timeout_s + VM_PER_RUN_MARGIN_S
+        total += load_scenario(item["file"]).scaled(item["scale"]).effective_timeout_s + GUEST_PER_RUN_MARGIN_S
     return total
 
 
@@ -501,14 +501,10 @@ def run(out: Path, *, quick: bool, echo_guest=None) -> dict:
     plan_path = out / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1))
 
-    shared = (out,) if not any(out.is_relative_to(d) for d in (PROJECT_ROOT, cache_dir())) else ()
-    result = vm.run([sys.executable, "-m", "bpfkit.bench", "guest", str(plan_path)], kernel=kernel.bzimage,
-                    timeout=vm_timeout(plan), rwdirs=shared, capture=echo_guest is not None)
+    result = vm.run_job([sys.executable, "-m", "bpfkit.bench", "guest", str(plan_path)], result=out / "guest.json",
+                        kernel=kernel.bzimage, timeout=vm_timeout(plan), capture=echo_guest is not None)
     if echo_guest is not None:
         echo_guest(result.output + result.stderr)
-    guest_file = out / "guest.json"
-    if not guest_file.exists():
-        raise VmError(f"the VM run ended (status {result.exit_code}) without writing {guest_file}")
     vm_info = {"accel": result.accel, "boot_seconds": result.boot_seconds, "total_seconds": result.total_seconds,
                "exit_code": result.exit_code}
     return collect(out, plan, built, vm_info, elapsed_from=started)

@@ -17,13 +17,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bpfkit.errors import UsageError, VmError
+from bpfkit.errors import UsageError
 from bpfkit.lab import report, runner
 from bpfkit.lab.scenario import Scenario, format_rate, format_time, load_scenario, with_schedulers
-from bpfkit.paths import PROJECT_ROOT, cache_dir
 
-VM_BOOT_MARGIN_S = 600  # boot + Python imports; under TCG emulation on a busy host this takes minutes
-VM_PER_RUN_MARGIN_S = 120  # starting the traffic processes of one run in the guest
 
 
 def register(subparsers) -> None:
@@ -163,10 +160,6 @@ def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool
 def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
     from bpfkit.kernel import vm
 
-    out.mkdir(parents=True, exist_ok=True)
-    stale = out / "results.json"
-    if stale.exists():
-        stale.unlink()  # never render an older measurement as this one's
     command = [sys.executable, "-m", "bpfkit", "lab", "run", str(args.scenario.resolve()), "--host", "--no-report", "--out", str(out)]
     command += ["--schedulers", ",".join(scenario.schedulers), "--repetitions", str(scenario.repetitions), "--seed", str(scenario.seed)]
     command += ["--shaping", args.shaping]
@@ -175,15 +168,12 @@ def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
     if args.duration_scale != 1.0:
         command += ["--duration-scale", repr(args.duration_scale)]
     runs = len(scenario.schedulers) * scenario.repetitions
-    timeout = args.vm_timeout or runs * (scenario.effective_timeout_s + VM_PER_RUN_MARGIN_S) + VM_BOOT_MARGIN_S
-    shared = (out,) if not any(out.is_relative_to(d) for d in (PROJECT_ROOT, cache_dir())) else ()
+    timeout = args.vm_timeout or runs * (scenario.effective_timeout_s + runner.GUEST_PER_RUN_MARGIN_S) + vm.BOOT_MARGIN_S
     console.print(f"measuring in the bpfkit VM ({runs} runs); results in {out}", highlight=False)
     # With --json our stdout must stay pure JSON: capture the guest and echo it to stderr.
-    result = vm.run(command, kernel=args.kernel, timeout=timeout, rwdirs=shared, capture=args.json)
+    result = vm.run_job(command, result=out / "results.json", kernel=args.kernel, timeout=timeout, capture=args.json)
     if args.json:
         sys.stderr.write(result.output + result.stderr)
-    if not stale.exists():
-        raise VmError(f"the VM run ended (status {result.exit_code}) without writing {stale}")
     # Only the host knows how the guest ran; TCG emulation makes the guest CPU-bound.
     doc = runner.load_results(out)
     doc["vm"] = {"accel": result.accel, "boot_seconds": result.boot_seconds, "total_seconds": result.total_seconds}

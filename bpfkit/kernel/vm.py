@@ -425,6 +425,25 @@ def vng_command(vng: Path, *, kernel: Path, accel: str, mem: str, cpus: int, sha
     return cmd
 
 
+BOOT_MARGIN_S = 600  # boot + Python imports: under TCG on a busy 2-core host this takes minutes
+
+
+def run_job(command: list[str], *, result: Path, kernel: Path | None = None, timeout: float,
+            capture: bool = False) -> VmResult:
+    """The one way a job goes into the guest: run `command` there and expect it to
+    write `result`, whose directory is shared read-write. A `result` left from an
+    earlier run is removed first, so it is never taken for this one's; VmError when
+    the guest ends without writing it (whatever the command's status)."""
+    result = Path(result).resolve()
+    result.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        result.unlink()
+    outcome = run(command, kernel=kernel, timeout=timeout, rwdirs=(result.parent,), capture=capture)
+    if not result.exists():
+        raise VmError(f"the VM run ended (status {outcome.exit_code}) without writing {result}")
+    return outcome
+
+
 def _shared_dirs(workdir: Path, extra: list[Path]) -> list[Path]:
     """Read-write in the guest: the project, the cache, the run's status dir, extras.
     Deduplicated; a dir inside another shared dir needs no mount of its own."""

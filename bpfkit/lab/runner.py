@@ -29,6 +29,7 @@ from bpfkit.lab.topology import SHAPING_NOTES, Topology, detect_shaping
 RESULTS_FORMAT = 1
 TRAFFIC_PORT = 5201
 SAMPLE_INTERVAL_S = 0.1
+GUEST_PER_RUN_MARGIN_S = 120  # in a TCG guest: the topology and two Python traffic processes per run
 STARTUP_TIMEOUT_S = 180.0  # a bound for failures only; a TCG-emulated guest can take a minute to start Python
 
 ProgressCallback = Callable[[str, float], None]  # (status text, seconds elapsed in this run)
