@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bpfkit.kernel import kbuild, vm
-from bpfkit.errors import MissingDependency, VmPanic, VmTimeout
+from bpfkit.errors import MissingDependency, VmError, VmPanic, VmTimeout
 from bpfkit.paths import cache_dir
 
 pytestmark = pytest.mark.host
@@ -62,6 +62,19 @@ def test_status_output_and_shared_dir_come_back(kernel, tmp_path):
     assert "oops" in result.stderr
     assert (tmp_path / "from-guest").read_text().strip() == "1:world"
     assert result.accel in ("kvm", "tcg") and result.boot_seconds is not None
+
+
+def test_a_job_must_write_its_result_and_a_stale_one_never_counts(kernel, tmp_path):
+    """vm.run_job, the one way `lab run --vm` and `bench` enter the guest."""
+    result = tmp_path / "out" / "results.json"
+    result.parent.mkdir()
+    result.write_text("from an earlier run")
+    with pytest.raises(VmError, match="without writing"):
+        vm.run_job(["true"], result=result, kernel=kernel.bzimage, timeout=300, capture=True)
+    assert not result.exists()
+    outcome = vm.run_job(["sh", "-c", f"echo '{{}}' > {result}; exit 3"], result=result, kernel=kernel.bzimage,
+                         timeout=300, capture=True)
+    assert outcome.exit_code == 3 and result.read_text().strip() == "{}"
 
 
 def test_cli_streams_output_and_returns_the_exit_code(kernel):
