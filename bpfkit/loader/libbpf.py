@@ -613,6 +613,19 @@ class Layout(struct.Struct):
         self.member_offsets = {name: offset + at for name, at in zip(members, offsets)}
 
 
+def _btf_struct(btf, t) -> tuple[int, dict[str, int]]:
+    """Size and member byte offsets (in order) of the BTF struct type at `t`: a
+    struct btf_type (name_off, info, size) followed by vlen struct btf_member
+    (name_off, type, offset in bits; with kind_flag, the bitfield size in the top byte)."""
+    _name_off, info, size = struct.unpack_from("<III", ctypes.string_at(t, 12))
+    members = {}
+    for i in range(info & 0xFFFF):
+        m_name, _, m_off = struct.unpack_from("<III", ctypes.string_at(t + 12 + 12 * i, 12))
+        bit = m_off & 0xFFFFFF if info >> 31 else m_off
+        members[lib().btf__name_by_offset(btf, m_name).decode()] = bit // 8
+    return size, members
+
+
 @dataclass(frozen=True)
 class StructOpsSpec:
     """A struct_ops map as the object file declares it (before load)."""
@@ -778,15 +791,12 @@ class BpfObject:
             t = lib().btf__type_by_id(btf, lib().bpf_map__btf_value_type_id(ptr)) if btf else None
             if not t:
                 raise LoadError(f"{self.path.name}: struct_ops map {var} has no BTF type")
-            name_off, info, _ = struct.unpack_from("<III", ctypes.string_at(t, 12))
+            name_off, _, _ = struct.unpack_from("<III", ctypes.string_at(t, 12))
             size = c_size_t()
             base = lib().bpf_map__initial_value(ptr, byref(size))
             data = ctypes.string_at(base, size.value) if base else b""
-            members, offsets = {}, []
-            for i in range(info & 0xFFFF):
-                m_name, _, m_off = struct.unpack_from("<III", ctypes.string_at(t + 12 + 12 * i, 12))
-                bit = m_off & 0xFFFFFF if info >> 31 else m_off  # kind_flag: bitfield size in the top byte
-                offsets.append((lib().btf__name_by_offset(btf, m_name).decode(), bit // 8))
+            members = {}
+            offsets = list(_btf_struct(btf, t)[1].items())
             for i, (m_name, start) in enumerate(offsets):
                 end = offsets[i + 1][1] if i + 1 < len(offsets) else len(data)
                 members[m_name] = data[start:end]
@@ -801,14 +811,7 @@ class BpfObject:
         if type_id < 0:
             raise LoadError(f"{self.path.name} has no BTF for struct {c_name}",
                             hint="compile it with -g (bpfkit build does)")
-        t = lib().btf__type_by_id(btf, type_id)
-        _name_off, info, size = struct.unpack_from("<III", ctypes.string_at(t, 12))
-        members = {}
-        for i in range(info & 0xFFFF):
-            m_name, _, m_off = struct.unpack_from("<III", ctypes.string_at(t + 12 + 12 * i, 12))
-            bit = m_off & 0xFFFFFF if info >> 31 else m_off  # kind_flag: bitfield size in the top byte
-            members[lib().btf__name_by_offset(btf, m_name).decode()] = bit // 8
-        return size, members
+        return _btf_struct(btf, lib().btf__type_by_id(btf, type_id))
 
     def check_layouts(self, layouts: "tuple[Layout, ...] | list[Layout]") -> None:
         """Refuse an object whose structs disagree with bpfkit's Python layouts of them."""
