@@ -372,16 +372,14 @@ def load(spec: str, *, ops: str | None = None, kernel: str | Path | None = None,
     if is_object(source):
         if include_dirs or cflags:
             raise UsageError(f"{source} is already built: -I and --cflags apply to .bpf.c files only")
-        maps = ops_maps_of_object(source)
-    else:
-        maps = ops_maps(source.read_text(errors="replace"))
-    chosen = pick_ops_map(source, maps, ops)
-    name = chosen.name
-    require_struct_ops_support()
+    require_struct_ops_support()  # before compiling: without the kernel type clang's error says less
     if is_object(source):
         object_path = source
     else:
         object_path = build.compile_bpf(source, kernel=kernel, include_dirs=include_dirs, cflags=cflags).path
+    # The object knows its maps (BTF and initial values), whatever the source's macros did.
+    chosen = pick_ops_map(source, ops_maps_of_object(object_path), ops)
+    name = chosen.name
     sha = _sha256(object_path)
 
     with _lock():
