@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 libbpf: venv
-	@$(VENV)/bin/python -c 'from bpfkit import libbpf; print("bpfkit uses", libbpf.dist().describe())'
+	@$(VENV)/bin/python -c 'from bpfkit.loader import libbpf; print("bpfkit uses", libbpf.dist().describe())'
 
 kernel: venv
 	$(BPFKIT) vm kernel
