@@ -57,3 +57,36 @@ def test_reference_names_are_the_files_and_the_kernel_names():
     assert set(sched.builtin_sources()) == set(sched_name.reference_names())
     assert all(sched.builtin_sources()[n].name == f"{n}.bpf.c" for n in sched_name.reference_names())
     assert sched_scaffold.REFERENCE_ORIGINS == sched_name.reference_names()
+
+
+def test_a_fifth_reference_scheduler_is_one_new_file(tmp_path):
+    """Issue 14's test of the design: one new bpf/sched/X.bpf.c and nothing else is a
+    built-in scheduler (`sched load X`), in the bench's plan and a scaffold origin
+    (`sched new --from X`, renamed throughout). Run in a fresh interpreter whose
+    bpf/ is a copy with the file added."""
+    import shutil
+    import subprocess
+    import sys
+
+    from bpfkit import paths
+
+    bpf = tmp_path / "bpf"
+    shutil.copytree(paths.BPF_DIR, bpf)
+    minrtt = (bpf / "sched" / "minrtt.bpf.c").read_text()
+    (bpf / "sched" / "fifth.bpf.c").write_text(minrtt.replace("minrtt", "fifth"))
+    code = f"""
+from pathlib import Path
+import bpfkit.paths
+bpfkit.paths.BPF_DIR = Path({str(bpf)!r})
+from bpfkit import bench, sched, sched_name, sched_scaffold
+assert "fifth" in sched_name.reference_names()
+assert sched.builtin_sources()["fifth"].parent == Path({str(bpf / "sched")!r})
+assert "fifth" in bench.SCHEDULERS
+plan = bench.make_plan(True, Path({str(tmp_path / "out")!r}), bench.SCHEDULERS)
+assert "fifth" in plan["bpf_schedulers"], plan["bpf_schedulers"]
+text = sched_scaffold.render("mine", "fifth", existing=set())
+assert '.name = "mine"' in text and "mine_get_send" in text and "fifth_get_send" not in text, text
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=paths.PROJECT_ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
