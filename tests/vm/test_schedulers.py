@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import mptcp_sockopt, netns, sched, sock_diag
+from bpfkit import mptcp_sockopt, netns, sched, sched_name, sock_diag
 from bpfkit.loader import build, libbpf
 from bpfkit.errors import AttachError, UsageError, VerifierError
 from tests.vm.test_sched_kernel import (  # noqa: F401
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.vm
 MiB = 1 << 20
 CHUNK = 64 * 1024
 SERVER = "10.0.1.1"
-SCHEDULERS = ("minrtt", "redundant", "blest", "ecf")
+SCHEDULERS = sched_name.reference_names()  # every bpf/sched/X.bpf.c: a new one is tested with no edit here
 TESTS_DIR = Path(__file__).resolve().parent.parent
 PROJECT = TESTS_DIR.parent
 _ports = iter(range(15000, 20000, 7))
