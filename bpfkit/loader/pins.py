@@ -63,18 +63,16 @@ def locked() -> Iterator[None]:
 
 def kind_dir(kind: str) -> Path:
     """PIN_ROOT/<kind>: a pillar's directory, checked root's own (call under the lock)."""
-    fs.private_dir(PIN_ROOT)
-    return fs.private_dir(PIN_ROOT / kind)
+    return _private_dirs_down_to(PIN_ROOT / kind)
 
 
-def _private_dirs_down_to(path: Path) -> None:
+def _private_dirs_down_to(path: Path) -> Path:
     """PIN_ROOT and every directory from it down to `path`, each root's own and 0700."""
     relative = path.relative_to(PIN_ROOT)  # ValueError: not under PIN_ROOT, a bpfkit bug
-    current = PIN_ROOT
-    fs.private_dir(current)
+    current = fs.private_dir(PIN_ROOT)
     for part in relative.parts:
-        current = current / part
-        fs.private_dir(current)
+        current = fs.private_dir(current / part)
+    return current
 
 
 def remove_if_empty(directory: Path) -> None:
