@@ -395,12 +395,13 @@ def _measure(item: dict, out: Path, make_scenario: Callable[[], Scenario], *, re
 
 
 def _print_run(scenario: str, run: dict) -> None:
+    from bpfkit.lab import traffic
+    from bpfkit.lab.report import percentile
+
     figure = ""
     if run.get("goodput_bps"):
         figure = f" {run['goodput_bps'] / 1e6:.2f} Mbit/s"
-    if run["kind"] == "request-response" and run.get("completion_times_s"):
-        from bpfkit.lab.report import percentile
-
+    if traffic.model(run["kind"]).percentiles and run.get("completion_times_s"):
         ct = run["completion_times_s"]
         figure += f" p50 {percentile(ct, 50) * 1e3:.0f} ms p99 {percentile(ct, 99) * 1e3:.0f} ms"
     verdict = "ok" if run["ok"] else "FAILED: " + "; ".join(run["failures"])

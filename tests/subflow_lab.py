@@ -147,7 +147,8 @@ class _Lab:
 class TwoPathLab(_Lab):
     def __init__(self, cg: Path, *, backup: bool = False, rate: str = "1gbit", shaping: str = "none",
                  busy_server: bool = False):
-        from bpfkit.lab.scenario import PathSpec, parse_rate
+        from bpfkit.lab.scenario import PathSpec
+        from bpfkit.lab.values import parse_rate
         from bpfkit.lab.topology import Topology
 
         self.cg = cg

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from bpfkit.errors import UsageError
 from bpfkit.lab import report, runner
-from bpfkit.lab.scenario import Scenario, format_rate, format_time, load_scenario, with_schedulers
+from bpfkit.lab.scenario import Scenario, load_scenario, with_schedulers
+from bpfkit.lab.values import format_rate, format_time
 
 
 

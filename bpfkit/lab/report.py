@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bpfkit.lab import kinds, stats
+from bpfkit.lab import stats, traffic
 from bpfkit.lab.metrics import rate_series
-from bpfkit.lab.scenario import format_rate, format_time
+from bpfkit.lab.values import format_rate, format_time
 
 # ---------------------------------------------------------------- statistics
 
@@ -98,7 +98,7 @@ def path_limited(run: dict, scenario: dict) -> bool | None:
     path idle is still path-limited. A run that did neither was limited elsewhere
     (CPU, e.g. under TCG emulation, or windows), and says little about the
     scheduler. None for other traffic."""
-    if not kinds.kind(scenario["traffic"]["kind"]).fills_paths or not run.get("goodput_bps"):
+    if not traffic.model(scenario["traffic"]["kind"]).fills_paths or not run.get("goodput_bps"):
         return None
     t_end = run.get("transfer_time_s") or scenario["duration_s"]
     rates = mean_path_rates(scenario, t_end)
@@ -127,7 +127,7 @@ def summarize(doc: dict) -> list[dict]:
     """One row per scheduler (in run order). Metrics use the runs that passed;
     ratios compare with the `default` scheduler and with the mean path capacity."""
     scenario = doc["scenario"]
-    traffic_kind = kinds.kind(scenario["traffic"]["kind"])
+    traffic_model = traffic.model(scenario["traffic"]["kind"])
     order: list[str] = []
     by_scheduler: dict[str, list[dict]] = {}
     for run in doc["runs"]:
@@ -145,7 +145,7 @@ def summarize(doc: dict) -> list[dict]:
         capacity_ratios = [
             r["goodput_bps"] / mean_capacity(scenario, r["transfer_time_s"] or scenario["duration_s"])
             for r in good
-            if r.get("goodput_bps") and traffic_kind.fills_paths
+            if r.get("goodput_bps") and traffic_model.fills_paths
         ]
         completions = [c for r in good for c in r.get("completion_times_s", [])]
         acked = [sum(r.get("bytes_by_path", {}).values()) for r in good]
@@ -165,7 +165,7 @@ def summarize(doc: dict) -> list[dict]:
                 "scheduler": scheduler,
                 "runs": len(runs),
                 "ok_runs": len(good),
-                "path_limited_runs": sum(1 for v in limited if v) if traffic_kind.fills_paths else None,
+                "path_limited_runs": sum(1 for v in limited if v) if traffic_model.fills_paths else None,
                 "goodput_bps": mean(goodputs),
                 "goodput_std_bps": stdev(goodputs),
                 "vs_capacity": mean(capacity_ratios),
@@ -219,23 +219,23 @@ def _ms(value: float | None) -> str:
 
 
 def table_columns(doc: dict) -> list[str]:
-    traffic_kind = kinds.kind(doc["scenario"]["traffic"]["kind"])
-    columns = ["Scheduler", "Runs ok", "Goodput (Mbit/s)", "× default", "× capacity", traffic_kind.completion_column,
+    traffic_model = traffic.model(doc["scenario"]["traffic"]["kind"])
+    columns = ["Scheduler", "Runs ok", "Goodput (Mbit/s)", "× default", "× capacity", traffic_model.completion_column,
                "TCP retrans", "Reinjected", "Path share", "Mean srtt (ms)"]
-    if traffic_kind.fills_paths:
+    if traffic_model.fills_paths:
         columns.insert(2, "Path-limited")
     return columns
 
 
 def table_rows(doc: dict) -> list[list[str]]:
     """The report table as strings (shared by the markdown and the terminal)."""
-    traffic_kind = kinds.kind(doc["scenario"]["traffic"]["kind"])
+    traffic_model = traffic.model(doc["scenario"]["traffic"]["kind"])
     out = []
     for row in summarize(doc):
         goodput = _fmt(row["goodput_bps"] and row["goodput_bps"] / 1e6, ".2f")
         if row["goodput_std_bps"] is not None:
             goodput += f" ± {row['goodput_std_bps'] / 1e6:.2f}"
-        if not traffic_kind.percentiles:
+        if not traffic_model.percentiles:
             completion = _fmt(row["completion_mean_s"], ".2f")
         else:
             completion = " / ".join(_ms(row[f"completion_p{q}_s"]) for q in (50, 95, 99))
@@ -255,20 +255,10 @@ def table_rows(doc: dict) -> list[list[str]]:
             share,
             srtt,
         ]
-        if traffic_kind.fills_paths:
+        if traffic_model.fills_paths:
             cells.insert(2, f"{row['path_limited_runs']}/{row['ok_runs']}")
         out.append(cells)
     return out
-
-
-def _describe_traffic(t: dict) -> str:
-    if t["kind"] == "bulk":
-        amount = f"{t['bytes']:,} bytes" if t["bytes"] is not None else f"for {format_time(t['time_s'])}"
-        return f"bulk {t['direction']} {amount}"
-    if t["kind"] == "request-response":
-        rate = f"{t['request_rate']:g}/s" if t.get("request_rate") else "back to back"
-        return f"request-response: {t['count']} × ({t['request_size']} B request → {t['response_size']} B response), {rate}"
-    return f"cbr {t['direction']} {format_rate(t['cbr_rate_bps'])} in {t['message_size']} B messages for {format_time(t['time_s'])}"
 
 
 def markdown_report(doc: dict, plots: list[str] | None = None) -> str:
@@ -287,7 +277,7 @@ def markdown_report(doc: dict, plots: list[str] | None = None) -> str:
     lines += [
         f"- kernel: `{doc['kernel']}`" + (f" in the bpfkit VM ({vm['accel']}, {vm['total_seconds']:.0f} s including boot)" if vm else ""),
         f"- shaping: **{doc['shaping']}** — {doc['shaping_note']}",
-        f"- traffic: {_describe_traffic(sc['traffic'])}; scenario duration {format_time(sc['duration_s'])}",
+        f"- traffic: {traffic.from_dict(sc['traffic']).describe()}; scenario duration {format_time(sc['duration_s'])}",
         f"- schedulers: {', '.join(sc['schedulers'])}; repetitions: {sc['repetitions']}; seed: {sc['seed']} (repetition r uses seed + r)",
         "- `× default [low, high]`: the ratio of mean goodputs and its 95 % bootstrap interval over runs paired by "
         "repetition (same seed); no interval with fewer than two pairs",
@@ -319,7 +309,7 @@ def markdown_report(doc: dict, plots: list[str] | None = None) -> str:
         "TCP retrans is subflow-level retransmitted bytes over acknowledged bytes; Reinjected is MPTCP-level",
         "retransmission of data across subflows. Path share and srtt come from the data sender's MPTCP_FULL_INFO samples.",
     ]
-    if kinds.kind(sc["traffic"]["kind"]).fills_paths:
+    if traffic.model(sc["traffic"]["kind"]).fills_paths:
         lines += [
             f"Path-limited counts the runs that reached {PATH_LIMITED_GOODPUT:.0%} of capacity or kept one path {PATH_LIMITED_GOODPUT:.0%} busy;",
             "the others were limited by something else (CPU, windows) and say little about the scheduler.",
@@ -534,7 +524,7 @@ def plot_completion_cdf(doc: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    traffic_kind = kinds.kind(doc["scenario"]["traffic"]["kind"])
+    traffic_model = traffic.model(doc["scenario"]["traffic"]["kind"])
     data: dict[str, list[float]] = {}
     for run in doc["runs"]:
         if run["ok"]:
@@ -549,7 +539,7 @@ def plot_completion_cdf(doc: dict, path: Path) -> Path | None:
     all_values = [v for vs in data.values() for v in vs if v > 0]
     if all_values and max(all_values) / min(all_values) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel(traffic_kind.completion_axis)
+    ax.set_xlabel(traffic_model.completion_axis)
     ax.set_ylabel("fraction ≤ x")
     ax.set_ylim(0, 1.02)
     ax.grid(True, which="both", alpha=0.3)

@@ -67,25 +67,14 @@ def terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def traffic_spec(scenario: Scenario, seed: int) -> dict:
+def traffic_job(scenario: Scenario, seed: int) -> dict:
     """What both traffic processes are told (JSON on their command line)."""
-    t = scenario.traffic
     return {
-        "kind": t.kind,
-        "direction": t.direction,
-        "bytes": t.bytes,
-        "time": t.time_s,
-        "request_size": t.request_size,
-        "response_size": t.response_size,
-        "request_rate": t.request_rate,
-        "count": t.count,
-        "warmup": t.warmup,
-        "expect_subflows": len(scenario.paths),
-        "cbr_rate_bps": t.cbr_rate_bps,
-        "message_size": t.message_size,
+        "traffic": scenario.traffic.to_dict(),
         "seed": seed,
-        "sample_interval": SAMPLE_INTERVAL_S,
         "timeout": scenario.effective_timeout_s,
+        "sample_interval": SAMPLE_INTERVAL_S,
+        "expect_subflows": len(scenario.paths),
     }
 
 
@@ -176,7 +165,7 @@ def run_once(
     it fills when it exits, stored as the run's "observed", its "t" (CLOCK_MONOTONIC
     seconds) turned into seconds since the connection started."""
     seed = scenario.seed + repetition
-    spec = json.dumps(traffic_spec(scenario, seed))
+    job = json.dumps(traffic_job(scenario, seed))
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="bpfkit-lab-") as tmp, Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping) as topo, contextlib.ExitStack() as observing:
         topo.set_scheduler(scheduler)
@@ -186,7 +175,7 @@ def run_once(
         common = ["-m", "bpfkit.lab.traffic"]
         server = topo.popen(
             "server",
-            [python, *common, "server", "--spec", spec, "--port", str(TRAFFIC_PORT), "--result", str(result_files["server"])],
+            [python, *common, "server", "--job", job, "--port", str(TRAFFIC_PORT), "--result", str(result_files["server"])],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -194,7 +183,7 @@ def run_once(
             raise LabError("the traffic server did not start", hint=_failure_hint(server))
         client = topo.popen(
             "client",
-            [python, *common, "client", "--spec", spec, "--address", topo.server_address, "--port", str(TRAFFIC_PORT), "--result", str(result_files["client"])],
+            [python, *common, "client", "--job", job, "--address", topo.server_address, "--port", str(TRAFFIC_PORT), "--result", str(result_files["client"])],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -256,30 +245,9 @@ def reduce_run(scenario: Scenario, scheduler: str, repetition: int, seed: int, s
     receiver_role = "client" if sender_role == "server" else "server"
     sender, receiver = sides[sender_role], sides[receiver_role]
     failures = [f"{role}: {sides[role]['error']}" for role in ("client", "server") if sides[role].get("error")]
-    warmup = sides["client"].get("warmup")
-    if warmup and not warmup["complete"]:
-        # the timed requests would then measure the join, not the scheduler on every path
-        failures.append(f"client: warm-up: {warmup['subflows_up']} of {warmup['subflows_expected']} subflows "
-                        f"usable after {warmup['seconds']:g} s")
+    figures = traffic.figures(sides)
+    failures += figures.failures
     kernel = sender.get("kernel") or receiver.get("kernel") or os.uname().release
-
-    goodput = transfer = None
-    completion: list[float] = []
-    if traffic.kind == "bulk" and receiver.get("t_last_byte_ns") and receiver.get("t_start_ns"):
-        transfer = (receiver["t_last_byte_ns"] - receiver["t_start_ns"]) / 1e9
-        goodput = receiver["received_bytes"] * 8 / transfer if transfer > 0 else None
-        completion = [transfer]
-    elif traffic.kind == "request-response":
-        client = sides["client"]
-        completion = client.get("completion_times_s", [])
-        if client.get("t_end_ns") and client.get("t_start_ns"):
-            transfer = (client["t_end_ns"] - client["t_start_ns"]) / 1e9
-            goodput = client.get("received_bytes", 0) * 8 / transfer if transfer > 0 else None
-    elif traffic.kind == "cbr":
-        completion = receiver.get("latencies_s", [])
-        if receiver.get("t_end_ns") and receiver.get("t_start_ns"):
-            transfer = (receiver["t_end_ns"] - receiver["t_start_ns"]) / 1e9
-            goodput = receiver.get("received_bytes", 0) * 8 / transfer if transfer > 0 else None
 
     samples = sender.get("samples") or []
     subflows = subflow_series(samples, t0_ns, path_of)
@@ -306,9 +274,9 @@ def reduce_run(scenario: Scenario, scheduler: str, repetition: int, seed: int, s
         "ok": not failures,
         "failures": failures,
         "verified": bool(receiver.get("verified")) and bool(sender.get("ok")),
-        "goodput_bps": goodput,
-        "transfer_time_s": transfer,
-        "completion_times_s": completion,
+        "goodput_bps": figures.goodput_bps,
+        "transfer_time_s": figures.transfer_time_s,
+        "completion_times_s": figures.completion_times_s,
         "bytes_by_path": bytes_by_path,
         "retrans": {"mptcp_bytes": final.get("bytes_retrans"), "subflow_bytes": retrans_subflows},
         "subflows": subflows,

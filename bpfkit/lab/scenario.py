@@ -16,16 +16,16 @@ from pathlib import Path as FilePath
 
 from bpfkit import sched_name
 from bpfkit.errors import UsageError
-from bpfkit.lab.kinds import KINDS
+from bpfkit.lab import traffic as traffic_models
+from bpfkit.lab.traffic import TrafficModel
+from bpfkit.lab.values import Checker, format_rate, format_time, join, parse_percent, parse_rate, parse_time
 
 MAX_PATHS = 8  # the in-kernel path manager accepts at most 8 subflows
 MTU_FRAME = 1514  # bytes on the wire per full-sized packet (1500 + Ethernet header)
 MIN_QUEUE_PACKETS = 16  # floor for the BDP-derived default bottleneck buffer
 PATH_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
-TRAFFIC_KINDS = tuple(KINDS)
 EVENT_ACTIONS = ("down", "up", "set")
-DIRECTIONS = ("download", "upload")
 
 
 # ---------------------------------------------------------------- data model
@@ -81,32 +81,6 @@ class Event:
 
 
 @dataclass(frozen=True)
-class TrafficSpec:
-    """What the client and server exchange. `download` means server → client."""
-
-    kind: str
-    direction: str = "download"
-    bytes: int | None = None  # bulk: exact size; None = time-bound
-    time_s: float | None = None  # bulk (when bytes is None), cbr
-    request_size: int = 0  # request-response
-    response_size: int = 0
-    request_rate: float | None = None  # requests per second; None = back to back
-    count: int | None = None
-    # request-response: one untimed exchange, then wait until every path's
-    # subflow is usable, before the first timed request (scenarios/README.md)
-    warmup: bool = True
-    cbr_rate_bps: float = 0.0  # cbr
-    message_size: int = 1200
-
-    @property
-    def data_sender(self) -> str:
-        """The side whose socket carries most data (its scheduler decides)."""
-        if self.kind == "request-response":
-            return "server" if self.response_size >= self.request_size else "client"
-        return "server" if self.direction == "download" else "client"
-
-
-@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -115,7 +89,7 @@ class Scenario:
     repetitions: int
     schedulers: tuple[str, ...]
     paths: tuple[PathSpec, ...]
-    traffic: TrafficSpec
+    traffic: TrafficModel  # one of traffic_models.MODELS
     events: tuple[Event, ...] = ()
     server_signal: bool = False
     timeout_s: float = 0.0
@@ -133,17 +107,11 @@ class Scenario:
         return sum(p.rate_bps for p in self.paths)
 
     def scaled(self, factor: float) -> Scenario:
-        """Shrink or stretch time: duration, event times, bulk size/time, cbr time,
-        request count. Rates, delays and sizes of single messages are unchanged."""
+        """Shrink or stretch time: duration, event times, and the traffic's amounts
+        (TrafficModel.scaled). Rates, delays and sizes of single messages are unchanged."""
         if factor <= 0:
             raise UsageError(f"--duration-scale must be > 0, not {factor}")
-        t = self.traffic
-        traffic = replace(
-            t,
-            bytes=None if t.bytes is None else max(1, int(t.bytes * factor)),
-            time_s=None if t.time_s is None else t.time_s * factor,
-            count=None if t.count is None else max(1, int(round(t.count * factor))),
-        )
+        traffic = self.traffic.scaled(factor)
         events = tuple(replace(e, at_s=e.at_s * factor) for e in self.events)
         return replace(
             self,
@@ -174,95 +142,8 @@ class Scenario:
         return self.timeout_s or 3 * self.duration_s + 20
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "traffic": self.traffic.to_dict()}
 
-
-# ---------------------------------------------------------------- quantities
-
-_RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
-_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
-_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
-_QUANTITY = re.compile(r"^\s*(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z%/]*)\s*$")
-
-
-class _Invalid(Exception):
-    """A value problem; the loader adds file and key path."""
-
-
-def _split(value, what: str, example: str) -> tuple[float, str]:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _Invalid(f"expected {what} like {example!r}, got {value!r}")
-    if not isinstance(value, str):
-        number, unit = float(value), ""
-    else:
-        match = _QUANTITY.match(value)
-        if not match:
-            raise _Invalid(f"expected {what} like {example!r}, got {value!r}")
-        number, unit = float(match.group(1)), match.group(2).lower()
-    # '1e400' parses to inf; no quantity of a scenario is anywhere near 1e15 of its unit
-    if not math.isfinite(number) or abs(number) > 1e15:
-        raise _Invalid(f"expected {what} like {example!r}, got {value!r} (out of range)")
-    return number, unit
-
-
-MAX_RATE = 100e9  # bit/s: far above what a veth in a (TCG) guest carries; netem takes up to u64 bytes/s
-
-
-def parse_rate(value) -> float:
-    """'20mbit' → 20e6 bit/s. Units: bit, kbit, mbit, gbit (tc style, powers of 1000)."""
-    number, unit = _split(value, "a rate", "20mbit")
-    if unit.endswith("/s"):
-        unit = unit[:-2]
-    if unit not in _RATE_UNITS:
-        raise _Invalid(f"unknown rate unit in {value!r} (use bit, kbit, mbit or gbit; e.g. '20mbit')")
-    rate = number * _RATE_UNITS[unit]
-    if rate > MAX_RATE:
-        raise _Invalid(f"rate {value!r} is above {MAX_RATE / 1e9:g} gbit")
-    return rate
-
-
-def parse_time(value) -> float:
-    """'10ms' → 0.010 s. Units: us, ms, s, min. A unit is required."""
-    number, unit = _split(value, "a duration", "20ms")
-    if unit not in _TIME_UNITS:
-        raise _Invalid(f"expected a duration with a unit (us, ms, s, min) like '20ms', got {value!r}")
-    return number * _TIME_UNITS[unit]
-
-
-def parse_size(value) -> int:
-    """'20MB' → 20_000_000 bytes; a bare integer is bytes. KB/MB/GB are powers of
-    1000, KiB/MiB/GiB powers of 1024."""
-    number, unit = _split(value, "a size", "20MB")
-    unit = unit or "b"
-    if unit not in _SIZE_UNITS:
-        raise _Invalid(f"unknown size unit in {value!r} (use B, KB, KiB, MB, MiB, GB, GiB)")
-    return int(number * _SIZE_UNITS[unit])
-
-
-def parse_percent(value) -> float:
-    """'0.5%' → 0.5. Only strings with '%' (or the number 0) are accepted so that
-    0.01 cannot silently mean 1 %."""
-    if value == 0 and not isinstance(value, bool):
-        return 0.0
-    number, unit = _split(value, "a percentage", "0.5%")
-    if unit != "%":
-        raise _Invalid(f"expected a percentage like '0.5%', got {value!r}")
-    return number
-
-
-def format_rate(bps: float) -> str:
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:g} {unit}"
-    return f"{bps:g} bit/s"
-
-
-def format_time(seconds: float) -> str:
-    if seconds >= 1 or seconds == 0:
-        return f"{seconds:g} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:g} ms"
-    return f"{seconds * 1e6:g} us"
 
 
 def format_quantity(key: str, value) -> str:
@@ -283,65 +164,6 @@ def default_queue_packets(rate_bps: float, delay_s: float) -> int:
     return max(MIN_QUEUE_PACKETS, math.ceil(bdp_bytes / MTU_FRAME))
 
 
-# ---------------------------------------------------------------- validation
-
-
-class _Checker:
-    """Walks the TOML document; every error names the file and the key path."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, key: str, message: str):
-        where = f"{self.source}: {key}" if key else self.source
-        raise UsageError(f"{where}: {message}")
-
-    def table(self, data, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
-        if not isinstance(data, dict):
-            self.fail(key, f"expected a table, got {type(data).__name__}")
-        for name in data:
-            if name not in allowed:
-                known = ", ".join(sorted(allowed))
-                self.fail(_join(key, name), f"unknown key (known keys here: {known})")
-        for name in sorted(required):
-            if name not in data:
-                self.fail(_join(key, name), "required key is missing")
-        return data
-
-    def value(self, key: str, parse, raw):
-        try:
-            return parse(raw)
-        except _Invalid as exc:
-            self.fail(key, str(exc))
-
-    def positive(self, key: str, value: float, allow_zero: bool = False):
-        if value < 0 or (value == 0 and not allow_zero):
-            self.fail(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
-        return value
-
-    def integer(self, key: str, raw, minimum: int) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            self.fail(key, f"expected an integer, got {raw!r}")
-        if raw < minimum:
-            self.fail(key, f"must be >= {minimum}, got {raw}")
-        return raw
-
-    def boolean(self, key: str, raw) -> bool:
-        if not isinstance(raw, bool):
-            self.fail(key, f"expected true or false, got {raw!r}")
-        return raw
-
-    def string(self, key: str, raw) -> str:
-        if not isinstance(raw, str):
-            self.fail(key, f"expected a string, got {raw!r}")
-        return raw
-
-
-def _join(prefix: str, key) -> str:
-    if isinstance(key, int):
-        return f"{prefix}[{key}]"
-    return f"{prefix}.{key}" if prefix else str(key)
-
 
 _TOP_KEYS = {"name", "description", "duration", "seed", "repetitions", "schedulers", "paths", "traffic", "events", "mptcp", "timeout"}
 _PATH_KEYS = {"rate", "delay", "jitter", "loss", "queue", "backup"}
@@ -353,26 +175,26 @@ def validate_scheduler_name(name, key: str = "schedulers", source: str = "<argum
     return sched_name.check(name, where=f"{source}: {key}")
 
 
-def _parse_path_params(c: _Checker, key: str, data: dict, current: dict) -> dict:
+def _parse_path_params(c: Checker, key: str, data: dict, current: dict) -> dict:
     """rate/delay/jitter/loss/queue of a path table or a `set` event → PathSpec fields."""
     out = {}
     if "rate" in data:
-        out["rate_bps"] = c.positive(_join(key, "rate"), c.value(_join(key, "rate"), parse_rate, data["rate"]))
+        out["rate_bps"] = c.positive(join(key, "rate"), c.value(join(key, "rate"), parse_rate, data["rate"]))
     if "delay" in data:
-        out["delay_s"] = c.positive(_join(key, "delay"), c.value(_join(key, "delay"), parse_time, data["delay"]), allow_zero=True)
+        out["delay_s"] = c.positive(join(key, "delay"), c.value(join(key, "delay"), parse_time, data["delay"]), allow_zero=True)
     if "jitter" in data:
-        out["jitter_s"] = c.positive(_join(key, "jitter"), c.value(_join(key, "jitter"), parse_time, data["jitter"]), allow_zero=True)
+        out["jitter_s"] = c.positive(join(key, "jitter"), c.value(join(key, "jitter"), parse_time, data["jitter"]), allow_zero=True)
     if "loss" in data:
-        loss = c.value(_join(key, "loss"), parse_percent, data["loss"])
+        loss = c.value(join(key, "loss"), parse_percent, data["loss"])
         if not 0 <= loss < 100:
-            c.fail(_join(key, "loss"), f"must be in [0%, 100%), got {loss:g}% (use a `down` event to cut a path)")
+            c.fail(join(key, "loss"), f"must be in [0%, 100%), got {loss:g}% (use a `down` event to cut a path)")
         out["loss_pct"] = loss
     if "queue" in data:
-        out["queue_packets"] = c.integer(_join(key, "queue"), data["queue"], 1)
+        out["queue_packets"] = c.integer(join(key, "queue"), data["queue"], 1)
         out["queue_from_bdp"] = False
     merged = {**current, **out}
     if merged.get("jitter_s", 0) > merged.get("delay_s", 0):
-        c.fail(_join(key, "jitter"), "must not exceed delay (netem draws delay ± jitter)")
+        c.fail(join(key, "jitter"), "must not exceed delay (netem draws delay ± jitter)")
     return out
 
 
@@ -381,7 +203,7 @@ SCENARIO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 def parse_scenario(data: dict, source: str = "<dict>", default_name: str = "scenario") -> Scenario:
     """Validate a scenario document (the parsed TOML) and return a Scenario."""
-    c = _Checker(source)
+    c = Checker(source)
     c.table(data, "", _TOP_KEYS, required={"duration", "paths", "traffic"})
 
     name = c.string("name", data.get("name", default_name))
@@ -401,9 +223,9 @@ def parse_scenario(data: dict, source: str = "<dict>", default_name: str = "scen
         c.fail("schedulers", "expected a non-empty list of scheduler names, e.g. [\"default\"]")
     schedulers = []
     for i, sched in enumerate(raw_schedulers):
-        validate_scheduler_name(sched, _join("schedulers", i), source)
+        validate_scheduler_name(sched, join("schedulers", i), source)
         if sched in schedulers:
-            c.fail(_join("schedulers", i), f"scheduler {sched!r} is listed twice")
+            c.fail(join("schedulers", i), f"scheduler {sched!r} is listed twice")
         schedulers.append(sched)
 
     mptcp = c.table(data.get("mptcp", {}), "mptcp", {"server_signal"})
@@ -417,14 +239,14 @@ def parse_scenario(data: dict, source: str = "<dict>", default_name: str = "scen
         c.fail("paths", f"at most {MAX_PATHS} paths are supported, got {len(raw_paths)}")
     paths = []
     for index, (pname, pdata) in enumerate(raw_paths.items()):
-        key = _join("paths", pname)
+        key = join("paths", pname)
         if not PATH_NAME.match(pname):
             c.fail(key, "path names start with a letter and use letters, digits, '-' and '_' (max 32)")
         c.table(pdata, key, _PATH_KEYS, required={"rate"})
         fields = _parse_path_params(c, key, pdata, {})
-        backup = c.boolean(_join(key, "backup"), pdata.get("backup", False))
+        backup = c.boolean(join(key, "backup"), pdata.get("backup", False))
         if backup and index == 0:
-            c.fail(_join(key, "backup"), "the first path carries the initial subflow and cannot be a backup path")
+            c.fail(join(key, "backup"), "the first path carries the initial subflow and cannot be a backup path")
         paths.append(PathSpec(name=pname, backup=backup, **fields))
 
     traffic = _parse_traffic(c, data["traffic"], duration)
@@ -446,88 +268,36 @@ def parse_scenario(data: dict, source: str = "<dict>", default_name: str = "scen
     )
 
 
-def _parse_traffic(c: _Checker, data, duration: float) -> TrafficSpec:
+def _parse_traffic(c: Checker, data, duration: float) -> TrafficModel:
     if not isinstance(data, dict):
         c.fail("traffic", "expected a table")
     kind = data.get("kind")
-    if kind not in TRAFFIC_KINDS:
-        c.fail("traffic.kind", f"must be one of {', '.join(TRAFFIC_KINDS)}, got {kind!r}")
-    c.table(data, "traffic", KINDS[kind].keys)
-    direction = data.get("direction", "download")
-    if direction not in DIRECTIONS:
-        c.fail("traffic.direction", f"must be 'download' (server → client) or 'upload', got {direction!r}")
-
-    def time_within(key: str) -> float:
-        if key not in data:
-            return duration
-        t = c.positive(f"traffic.{key}", c.value(f"traffic.{key}", parse_time, data[key]))
-        if t > duration:
-            c.fail(f"traffic.{key}", f"{format_time(t)} is longer than the scenario duration {format_time(duration)}")
-        return t
-
-    if kind == "bulk":
-        if "bytes" in data and "time" in data:
-            c.fail("traffic.bytes", "give either bytes or time, not both")
-        if "bytes" in data:
-            size = c.value("traffic.bytes", parse_size, data["bytes"])
-            c.positive("traffic.bytes", size)
-            return TrafficSpec(kind=kind, direction=direction, bytes=size)
-        return TrafficSpec(kind=kind, direction=direction, time_s=time_within("time"))
-
-    if kind == "request-response":
-        for key in ("request_size", "response_size"):
-            if key not in data:
-                c.fail(f"traffic.{key}", "required key is missing")
-        request = c.positive("traffic.request_size", c.value("traffic.request_size", parse_size, data["request_size"]))
-        response = c.positive("traffic.response_size", c.value("traffic.response_size", parse_size, data["response_size"]))
-        rate = None
-        if "rate" in data:
-            raw = data["rate"]
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-                c.fail("traffic.rate", f"expected requests per second as a number, got {raw!r}")
-            rate = c.positive("traffic.rate", float(raw))
-        count = None
-        if "count" in data:
-            count = c.integer("traffic.count", data["count"], 1)
-        elif rate is not None:
-            count = max(1, int(rate * duration))
-        if count is None:
-            c.fail("traffic.count", "back-to-back requests (no rate) need a count")
-        if rate is not None and (count - 1) / rate >= duration:
-            c.fail("traffic.count", f"{count} requests at {rate:g}/s do not start within the duration {format_time(duration)}")
-        warmup = c.boolean("traffic.warmup", data["warmup"]) if "warmup" in data else TrafficSpec.warmup
-        return TrafficSpec(kind=kind, request_size=request, response_size=response, request_rate=rate, count=count,
-                           warmup=warmup)
-
-    # cbr
-    if "rate" not in data:
-        c.fail("traffic.rate", "required key is missing")
-    rate = c.positive("traffic.rate", c.value("traffic.rate", parse_rate, data["rate"]))
-    message = c.value("traffic.message_size", parse_size, data.get("message_size", 1200))
-    if message < 16:
-        c.fail("traffic.message_size", f"must be >= 16 bytes (sequence number and timestamp), got {message}")
-    return TrafficSpec(kind=kind, direction=direction, cbr_rate_bps=rate, message_size=message, time_s=time_within("time"))
+    if kind not in traffic_models.MODELS:
+        c.fail("traffic.kind", f"must be one of {', '.join(traffic_models.MODELS)}, got {kind!r}")
+    model = traffic_models.MODELS[kind]
+    c.table(data, "traffic", {"kind", *model.keys})
+    return model.parse(c, data, duration)
 
 
-def _parse_events(c: _Checker, data, duration: float, paths: dict[str, PathSpec]) -> tuple[Event, ...]:
+def _parse_events(c: Checker, data, duration: float, paths: dict[str, PathSpec]) -> tuple[Event, ...]:
     if not isinstance(data, list):
         c.fail("events", "expected an array of tables ([[events]])")
     events = []
     for i, raw in enumerate(data):
-        key = _join("events", i)
+        key = join("events", i)
         c.table(raw, key, {"at", "path", "action"} | _SET_KEYS, required={"at", "path", "action"})
-        at = c.positive(_join(key, "at"), c.value(_join(key, "at"), parse_time, raw["at"]), allow_zero=True)
+        at = c.positive(join(key, "at"), c.value(join(key, "at"), parse_time, raw["at"]), allow_zero=True)
         if at >= duration:
-            c.fail(_join(key, "at"), f"event at {format_time(at)} is not before the end of the scenario ({format_time(duration)})")
+            c.fail(join(key, "at"), f"event at {format_time(at)} is not before the end of the scenario ({format_time(duration)})")
         path = raw["path"]
         if path not in paths:
-            c.fail(_join(key, "path"), f"unknown path {path!r} (paths: {', '.join(paths)})")
+            c.fail(join(key, "path"), f"unknown path {path!r} (paths: {', '.join(paths)})")
         action = raw["action"]
         if action not in EVENT_ACTIONS:
-            c.fail(_join(key, "action"), f"must be one of {', '.join(EVENT_ACTIONS)}, got {action!r}")
+            c.fail(join(key, "action"), f"must be one of {', '.join(EVENT_ACTIONS)}, got {action!r}")
         extra = sorted(set(raw) & _SET_KEYS)
         if action != "set" and extra:
-            c.fail(_join(key, extra[0]), f"only `set` events take {', '.join(sorted(_SET_KEYS))}")
+            c.fail(join(key, extra[0]), f"only `set` events take {', '.join(sorted(_SET_KEYS))}")
         if action == "set" and not extra:
             c.fail(key, f"a `set` event needs at least one of {', '.join(sorted(_SET_KEYS))}")
         changes = _parse_path_params(c, key, raw, asdict(paths[path])) if action == "set" else {}

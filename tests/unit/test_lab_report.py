@@ -206,18 +206,10 @@ def test_traced_runs_get_a_decisions_section_and_timeline(tmp_path):
     assert report.plot_decisions(doc_with([run("default", 2.1e6)]), tmp_path / "none.png") is None
 
 
-def test_what_a_traffic_kind_means_comes_from_one_table(monkeypatch):
+def test_results_of_an_unknown_traffic_kind_are_one_clear_error():
     from bpfkit.errors import UsageError
-    from bpfkit.lab import kinds
 
     doc = doc_with([run("default", 1e6, completion=[0.01, 0.02])], scenario_dict(kind="rr"))
-    # a kind the table gains is reported with its own words, no other edit
-    toy = kinds.TrafficKind("toy", frozenset({"kind"}), False, "Toy p50 / p95 / p99 (ms)", "toy time (ms)", True)
-    monkeypatch.setitem(kinds.KINDS, "toy", toy)
-    doc["scenario"]["traffic"]["kind"] = "toy"
-    assert "Toy p50 / p95 / p99 (ms)" in report.table_columns(doc)
-    assert report.summarize(doc)[0]["path_limited_runs"] is None
-    # results of a kind this bpfkit does not know: one clear error, not a KeyError
     doc["scenario"]["traffic"]["kind"] = "warp"
     with pytest.raises(UsageError, match="traffic kind 'warp' is not one this bpfkit knows"):
         report.table_columns(doc)

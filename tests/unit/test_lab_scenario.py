@@ -8,6 +8,7 @@ import pytest
 
 from bpfkit.errors import UsageError
 from bpfkit.lab import scenario as sc
+from bpfkit.lab import values
 from bpfkit.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit
@@ -74,17 +75,17 @@ def test_explicit_queue_is_kept_and_a_set_event_recomputes_only_the_default():
     [("20mbit", 20e6), ("1.5Gbit", 1.5e9), ("64000bit", 64000), ("500kbit/s", 500e3)],
 )
 def test_parse_rate(text, value):
-    assert sc.parse_rate(text) == value
+    assert values.parse_rate(text) == value
 
 
 @pytest.mark.parametrize("text, value", [("10ms", 0.01), ("2.5s", 2.5), ("250us", 250e-6), ("1min", 60)])
 def test_parse_time(text, value):
-    assert sc.parse_time(text) == pytest.approx(value)
+    assert values.parse_time(text) == pytest.approx(value)
 
 
 @pytest.mark.parametrize("text, value", [("20MB", 20_000_000), ("64KiB", 65536), ("1200B", 1200), (1200, 1200)])
 def test_parse_size(text, value):
-    assert sc.parse_size(text) == value
+    assert values.parse_size(text) == value
 
 
 @pytest.mark.parametrize(

@@ -7,42 +7,50 @@ import threading
 
 import pytest
 
-from bpfkit.lab import traffic
+from bpfkit.lab.traffic import bulk, cbr, request_response, wire
+from bpfkit.lab.traffic.bulk import Bulk
+from bpfkit.lab.traffic.cbr import Cbr
+from bpfkit.lab.traffic.request_response import RequestResponse
 
 pytestmark = pytest.mark.unit
 
-SPEC = {"kind": "bulk", "direction": "download", "bytes": 300_000, "time": None, "seed": 7, "timeout": 10, "sample_interval": 0.1}
+BULK = Bulk(bytes=300_000)
+SEED = 7
+
+
+def side(role, traffic, seed=SEED):
+    return wire.Side(role, traffic, seed=seed, timeout=10)
 
 
 def test_pattern_is_deterministic_and_seeded():
-    a, b = traffic.PatternStream(1, "s2c"), traffic.PatternStream(1, "s2c")
+    a, b = wire.PatternStream(1, "s2c"), wire.PatternStream(1, "s2c")
     assert a.take(100_000) == b.take(100_000)
-    assert traffic.PatternStream(2, "s2c").take(64) != traffic.PatternStream(1, "s2c").take(64)
-    assert traffic.PatternStream(1, "c2s").take(64) != traffic.PatternStream(1, "s2c").take(64)
+    assert wire.PatternStream(2, "s2c").take(64) != wire.PatternStream(1, "s2c").take(64)
+    assert wire.PatternStream(1, "c2s").take(64) != wire.PatternStream(1, "s2c").take(64)
 
 
 def test_pattern_check_accepts_any_chunking_across_period_boundaries():
-    data = traffic.PatternStream(3, "x").take(2 * traffic.PERIOD + 17)
-    receiver = traffic.PatternStream(3, "x")
+    data = wire.PatternStream(3, "x").take(2 * wire.PERIOD + 17)
+    receiver = wire.PatternStream(3, "x")
     for start in range(0, len(data), 40_000):
         assert receiver.check(data[start : start + 40_000])
     assert receiver.ok and receiver.offset == len(data)
 
 
 def test_pattern_is_periodic_with_a_prime_period_only():
-    data = traffic.PatternStream(5, "x").take(traffic.PERIOD + 4096)
-    assert data[traffic.PERIOD :] == data[:4096]
+    data = wire.PatternStream(5, "x").take(wire.PERIOD + 4096)
+    assert data[wire.PERIOD :] == data[:4096]
     # a segment delivered 64 KiB (or any non-multiple of the period) off is caught
-    receiver = traffic.PatternStream(5, "x")
+    receiver = wire.PatternStream(5, "x")
     receiver.offset = 65536
     assert not receiver.check(data[:1400])
 
 
 def test_pattern_check_reports_first_bad_offset():
-    data = bytearray(traffic.PatternStream(3, "x").take(200_000))
+    data = bytearray(wire.PatternStream(3, "x").take(200_000))
     data[123_457] ^= 0x01
     data[150_000] ^= 0x01
-    receiver = traffic.PatternStream(3, "x")
+    receiver = wire.PatternStream(3, "x")
     assert receiver.check(bytes(data[:100_000]))  # the first chunk is intact
     assert not receiver.check(bytes(data[100_000:]))
     assert receiver.first_bad_offset == 123_457
@@ -55,11 +63,11 @@ def _pair():
     return a, b
 
 
-def _run_bulk(mutate=None, spec=SPEC):
+def _run_bulk(mutate=None):
     """Sender side in a thread writes the pattern (possibly mutated), then
     half-closes and reads the verdict; the receiver is bpfkit's own code."""
     sender_sock, receiver_sock = _pair()
-    payload = bytearray(traffic.PatternStream(spec["seed"], "s2c").take(spec["bytes"]))
+    payload = bytearray(wire.PatternStream(SEED, "s2c").take(BULK.bytes))
     if mutate:
         payload = mutate(payload)
     verdicts = []
@@ -67,27 +75,27 @@ def _run_bulk(mutate=None, spec=SPEC):
     def send():
         sender_sock.sendall(payload)
         sender_sock.shutdown(socket.SHUT_WR)
-        verdicts.append(traffic.read_verdict(sender_sock, deadline=float("inf")))
+        verdicts.append(wire.read_verdict(sender_sock, deadline=float("inf")))
         sender_sock.close()
 
     thread = threading.Thread(target=send)
     thread.start()
-    side = traffic.Side("client", spec)
+    receiver = side("client", BULK)
     error = None
     try:
-        traffic.bulk_receive(side, receiver_sock, side.stream("s2c"))
-    except traffic.TrafficFailure as exc:
+        bulk.receive(receiver, receiver_sock, receiver.stream("s2c"))
+    except wire.TrafficFailure as exc:
         error = str(exc)
     receiver_sock.close()
     thread.join()
-    return side.result, verdicts[0], error
+    return receiver.result, verdicts[0], error
 
 
 def test_bulk_receiver_accepts_an_intact_stream():
     result, verdict, error = _run_bulk()
     assert error is None
-    assert result["verified"] and result["received_bytes"] == SPEC["bytes"]
-    assert verdict == {"received_bytes": SPEC["bytes"], "verified": True, "first_bad_offset": None}
+    assert result["verified"] and result["received_bytes"] == BULK.bytes
+    assert verdict == {"received_bytes": BULK.bytes, "verified": True, "first_bad_offset": None}
 
 
 def test_bulk_receiver_detects_a_corrupted_byte():
@@ -122,21 +130,21 @@ def _run_bulk_sender(receiver_behaviour):
 
     thread = threading.Thread(target=receive)
     thread.start()
-    side = traffic.Side("server", SPEC)
+    sender = side("server", BULK)
     error = None
     try:
-        traffic.bulk_send(side, sender_sock, side.stream("s2c"))
-    except traffic.TrafficFailure as exc:
+        bulk.send(sender, sender_sock, sender.stream("s2c"))
+    except wire.TrafficFailure as exc:
         error = str(exc)
     sender_sock.close()
     thread.join()
-    return side.result, error
+    return sender.result, error
 
 
 def test_bulk_sender_fails_when_receiver_counts_fewer_bytes():
     result, error = _run_bulk_sender(lambda got: b'{"received_bytes": %d, "verified": true}\n' % (got - 1))
-    assert result["sent_bytes"] == SPEC["bytes"]
-    assert error == f"receiver verified {SPEC['bytes'] - 1} bytes (ok=True) of {SPEC['bytes']} sent"
+    assert result["sent_bytes"] == BULK.bytes
+    assert error == f"receiver verified {BULK.bytes - 1} bytes (ok=True) of {BULK.bytes} sent"
 
 
 def test_bulk_sender_fails_without_a_verdict():
@@ -150,18 +158,18 @@ def test_bulk_sender_passes_with_a_matching_verdict():
 
 
 def test_request_response_round_trip_and_corrupted_response():
-    spec = {"kind": "request-response", "request_size": 300, "response_size": 70_000, "request_rate": None, "count": 5, "seed": 2, "timeout": 10, "sample_interval": 0.1}
+    rr = RequestResponse(request_size=300, response_size=70_000, count=5, warmup=False)
     client_sock, server_sock = _pair()
-    server_side = traffic.Side("server", spec)
+    server_side = side("server", rr, seed=2)
 
     def serve():
-        traffic.rr_server(server_side, server_sock)
+        request_response.server(server_side, server_sock)
         server_sock.close()  # as run_connection does: the client waits for EOF after the verdict
 
     thread = threading.Thread(target=serve)
     thread.start()
-    client_side = traffic.Side("client", spec)
-    traffic.rr_client(client_side, client_sock)
+    client_side = side("client", rr, seed=2)
+    request_response.client(client_side, client_sock)
     thread.join()
     assert server_side.result["requests"] == 5 and server_side.result["verified"]
     assert len(client_side.result["completion_times_s"]) == 5
@@ -169,11 +177,11 @@ def test_request_response_round_trip_and_corrupted_response():
 
     # A server whose second response is wrong: the client must notice.
     client_sock, server_sock = _pair()
-    responses = traffic.PatternStream(2, "s2c")
+    responses = wire.PatternStream(2, "s2c")
 
     def bad_server():
         for i in range(2):
-            traffic.recv_exact(server_sock, 300, float("inf"))
+            wire.recv_exact(server_sock, 300, float("inf"))
             data = bytearray(responses.take(70_000))
             if i == 1:
                 data[5] ^= 1
@@ -182,19 +190,19 @@ def test_request_response_round_trip_and_corrupted_response():
 
     thread = threading.Thread(target=bad_server)
     thread.start()
-    with pytest.raises(traffic.TrafficFailure, match="response 1 corrupted at stream offset 70005"):
-        traffic.rr_client(traffic.Side("client", spec), client_sock)
+    with pytest.raises(wire.TrafficFailure, match="response 1 corrupted at stream offset 70005"):
+        request_response.client(side("client", rr, seed=2), client_sock)
     thread.join()
 
 
 def test_cbr_stream_measures_latency_and_detects_a_gap():
-    spec = {"kind": "cbr", "direction": "download", "cbr_rate_bps": 2e6, "message_size": 1000, "time": 0.3, "seed": 4, "timeout": 10, "sample_interval": 0.1}
+    stream = Cbr(cbr_rate_bps=2e6, message_size=1000, time_s=0.3)
     a, b = _pair()
-    sender = traffic.Side("server", spec)
-    thread = threading.Thread(target=traffic.cbr_send, args=(sender, a, sender.stream("s2c")))
+    sender = side("server", stream, seed=4)
+    thread = threading.Thread(target=cbr.send, args=(sender, a, sender.stream("s2c")))
     thread.start()
-    receiver = traffic.Side("client", spec)
-    traffic.cbr_receive(receiver, b, receiver.stream("s2c"))
+    receiver = side("client", stream, seed=4)
+    cbr.receive(receiver, b, receiver.stream("s2c"))
     b.close()
     thread.join()
     messages = sender.result["messages"]
@@ -203,16 +211,16 @@ def test_cbr_stream_measures_latency_and_detects_a_gap():
 
     # Drop message 3: the sequence check catches it.
     a, b = _pair()
-    out = traffic.PatternStream(4, "s2c")
-    stream = b""
+    out = wire.PatternStream(4, "s2c")
+    data = b""
     for seq in range(6):
-        message = traffic.CBR_HEADER.pack(seq, 0) + out.take(1000 - traffic.CBR_HEADER.size)
-        stream += b"" if seq == 3 else message
-    a.sendall(stream)
+        message = cbr.HEADER.pack(seq, 0) + out.take(1000 - cbr.HEADER.size)
+        data += b"" if seq == 3 else message
+    a.sendall(data)
     a.shutdown(socket.SHUT_WR)
-    receiver = traffic.Side("client", spec)
-    with pytest.raises(traffic.TrafficFailure, match="message sequence broken"):
-        traffic.cbr_receive(receiver, b, traffic.PatternStream(4, "s2c"))
+    receiver = side("client", stream, seed=4)
+    with pytest.raises(wire.TrafficFailure, match="message sequence broken"):
+        cbr.receive(receiver, b, wire.PatternStream(4, "s2c"))
     assert receiver.result["messages"] == 3 and receiver.result["verified"] is False
     assert a.recv(4096) == b'{"messages": 3, "verified": false}\n'  # the verdict the sender gets
 
