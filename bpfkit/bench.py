@@ -6,7 +6,7 @@ boot the VM once with `python -m bpfkit.bench guest PLAN`, then render every
 scenario's report and plots (bpfkit.lab.report), compute the targets and write
 results.json + bench.json + bench.png.
 
-Guest side (`guest`): register the schedulers with bpfkit.sched.load (the code
+Guest side (`guest`): register the schedulers with bpfkit.sched.lifecycle.load (the code
 of `bpfkit sched load NAME`, in-process; the lab itself never touches BPF), run each scenario with bpfkit.lab.runner
 for the schedulers that registered, write each scenario's results.json,
 unregister.
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bpfkit import sched_name
+from bpfkit.sched import registry
 from bpfkit.errors import BpfkitError, UsageError
 from bpfkit.paths import BPF_DIR, PROJECT_ROOT
 
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from bpfkit.lab.scenario import Scenario
 
 BENCH_FORMAT = 1
-DEFAULT = "default"
-BPF_SCHEDULERS = sched_name.reference_names()
+DEFAULT = registry.DEFAULT
+BPF_SCHEDULERS = registry.reference_names()
 SCHEDULERS = (DEFAULT, *BPF_SCHEDULERS)
 SCENARIO_DIR = PROJECT_ROOT / "scenarios"
 
@@ -79,13 +79,21 @@ FULL_PLAN = (
     BenchScenario("lossy-rr", SCHEDULERS, 1.0, "1 KiB request/response, 3 % loss on the primary: p99"),
     BenchScenario("handover", SCHEDULERS, 1.0, "Wi-Fi down/up under a 20 MB download: every byte verified"),
 )
+
+
+def quick_schedulers(scenario: str) -> tuple[str, ...]:
+    """default and the reference schedulers whose metadata puts them in this quick scenario."""
+    return (DEFAULT, *(r.name for r in registry.references().values() if scenario in r.quick_bench))
+
+
 # --quick: what the targets need, at shorter lengths (each run costs ~30 s of
-# set-up in a TCG guest whatever its length, so fewer runs matter most).
+# set-up in a TCG guest whatever its length, so fewer runs matter most). Who runs
+# the first three comes from the schedulers' metadata (`quick_bench`).
 QUICK_PLAN = (
-    BenchScenario("wifi-lte", (DEFAULT, "minrtt", "blest"), 0.5, FULL_PLAN[0].purpose.replace("15 s", "10 s"),
+    BenchScenario("wifi-lte", quick_schedulers("wifi-lte"), 0.5, FULL_PLAN[0].purpose.replace("15 s", "10 s"),
                   repetitions=2),
-    BenchScenario("wifi-lte-256k", (DEFAULT, "minrtt", "blest"), 0.5, FULL_PLAN[1].purpose),
-    BenchScenario("lossy-rr", (DEFAULT, "redundant"), 0.6, FULL_PLAN[3].purpose),
+    BenchScenario("wifi-lte-256k", quick_schedulers("wifi-lte-256k"), 0.5, FULL_PLAN[1].purpose),
+    BenchScenario("lossy-rr", quick_schedulers("lossy-rr"), 0.6, FULL_PLAN[3].purpose),
     BenchScenario("handover", SCHEDULERS, 0.5, "Wi-Fi down/up under a 10 MB download: every byte verified"),
 )
 
@@ -309,17 +317,17 @@ class _Registrations:
     with the code of `bpfkit sched load/unload` called in this process (a Python
     start per scheduler costs ~40 s under TCG)."""
 
-    via = "bpfkit.sched.load (as `bpfkit sched load`)"
+    via = "bpfkit.sched.lifecycle.load (as `bpfkit sched load`)"
 
     def __init__(self) -> None:
-        from bpfkit import sched
+        from bpfkit.sched import lifecycle
 
-        self.sched = sched
+        self.lifecycle = lifecycle
 
     def load(self, name: str) -> str | None:
         """None when registered, else why not."""
         try:
-            self.sched.load(name)
+            self.lifecycle.load(name)
             return None
         except BpfkitError as exc:
             return str(exc)
@@ -327,7 +335,7 @@ class _Registrations:
     def unload(self, name: str) -> None:
         try:
             # force: a lab namespace killed mid-run may still select it; the VM is going away anyway
-            self.sched.unload(name, force=True)
+            self.lifecycle.unload(name, force=True)
         except BpfkitError as exc:
             print(f"bench: could not unload {name}: {exc}", flush=True)
 
@@ -600,12 +608,11 @@ def plot_summary(results: dict, target_list: list[dict], path: Path) -> Path | N
                        {s: r["completion_mean_s"] for s, r in handover.items()}, None, None))
     if not panels:
         return None
-    colors = {"default": "#7f7f7f", "minrtt": "#1f77b4", "redundant": "#d62728", "blest": "#2ca02c", "ecf": "#9467bd"}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
     for ax, (title, values, line, reference) in zip(axes[0], panels):
         names = list(values)
         heights = [values[n] or 0 for n in names]
-        bars = ax.bar(names, heights, color=[colors.get(n, "#333333") for n in names])
+        bars = ax.bar(names, heights, color=[registry.colour(n) or "#333333" for n in names])
         for bar, name in zip(bars, names):
             label = "n/a" if values[name] is None else f"{values[name]:.2f}" if values[name] < 10 else f"{values[name]:.0f}"
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)

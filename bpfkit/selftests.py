@@ -328,7 +328,7 @@ def _write_wrapper(directory: Path) -> Path:
 
 def run_plan(plan: dict) -> list[ScriptRun]:
     """In the guest: for each scheduler, load it (not `default`), run each script, unload."""
-    from bpfkit import sched
+    from bpfkit.sched import lifecycle
 
     install_dir = Path(plan["install_dir"])
     out_dir = Path(plan["out_dir"])
@@ -339,9 +339,9 @@ def run_plan(plan: dict) -> list[ScriptRun]:
     for spec in plan["schedulers"]:
         loaded = None
         try:
-            if spec != sched.DEFAULT:
-                loaded = sched.load(spec).record.name
-            name = loaded or sched.DEFAULT
+            if spec != lifecycle.DEFAULT:
+                loaded = lifecycle.load(spec).record.name
+            name = loaded or lifecycle.DEFAULT
         except BpfkitError as exc:
             for script in plan["scripts"]:
                 runs.append(ScriptRun(spec, script, None, 0.0, [], "", error=f"load failed: {exc.message}"))
@@ -352,7 +352,7 @@ def run_plan(plan: dict) -> list[ScriptRun]:
                 _save(runs, out_dir)
         finally:
             if loaded:
-                sched.unload(loaded, force=True)
+                lifecycle.unload(loaded, force=True)
     _save(runs, out_dir)
     return runs
 

@@ -40,6 +40,12 @@
  *
  * Fixed point: ratios and lambda are scaled by 1000 (milli-units).
  */
+/* bpfkit:
+ * title = "blocking estimation (skips a slow subflow that would block the fast one)"
+ * paper = "Ferlin, Alay, Mehani, Boreli, IFIP Networking 2016"
+ * colour = "#2ca02c"
+ * quick_bench = ["wifi-lte", "wifi-lte-256k"]
+ */
 #include "sched_common.h"
 
 char LICENSE[] SEC("license") = "GPL";

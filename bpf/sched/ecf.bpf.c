@@ -41,6 +41,12 @@
  * (sched_retrans_candidate(): not the subflow the data is stuck on).  The
  * hysteresis state is left as it is.
  */
+/* bpfkit:
+ * title = "earliest completion first (waits for the fast subflow when that finishes sooner)"
+ * paper = "Lim, Nahum, Towsley, Gibbens, ACM CoNEXT 2017"
+ * colour = "#9467bd"
+ * quick_bench = []
+ */
 #include "sched_common.h"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -30,6 +30,12 @@
  * Subflows coming and going: every call walks the current subflow list, no
  * state is kept between calls.
  */
+/* bpfkit:
+ * title = "lowest RTT first"
+ * paper = "Paasch, Ferlin, Alay, Bonaventure, ACM SIGCOMM CSWS 2014"
+ * colour = "#1f77b4"
+ * quick_bench = ["wifi-lte", "wifi-lte-256k"]
+ */
 #include "sched_common.h"
 
 char LICENSE[] SEC("license") = "GPL";

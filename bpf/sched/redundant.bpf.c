@@ -31,6 +31,12 @@
  * Subflows coming and going: a subflow entering the set first copies the
  * data in flight (not acked yet); one that disappears is not walked any more.
  */
+/* bpfkit:
+ * title = "every byte on every active subflow"
+ * paper = "Frömmgen et al., ReMP TCP, IEEE ICC 2016"
+ * colour = "#d62728"
+ * quick_bench = ["lossy-rr"]
+ */
 #include "sched_common.h"
 
 char LICENSE[] SEC("license") = "GPL";

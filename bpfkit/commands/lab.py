@@ -97,7 +97,7 @@ def handle_run(args) -> int:
         exit_code = _run_in_vm(args, scenario, out, console)
         doc = runner.load_results(out)
     else:
-        doc = _run_on_host(scenario, args.shaping, console, quiet=args.json, trace=args.trace)
+        doc = _run_on_host(scenario, args.shaping, console, quiet=args.json, trace_decisions=args.trace)
         runner.write_results(doc, out)
         exit_code = 0 if all(r["ok"] for r in doc["runs"]) else 1
     files = [out / "results.json"]
@@ -111,16 +111,16 @@ def handle_run(args) -> int:
     return exit_code
 
 
-def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool, trace: bool = False) -> dict:
+def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool, trace_decisions: bool = False) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     observe = None
-    if trace:
-        from bpfkit import sched_trace
+    if trace_decisions:
+        from bpfkit.sched import trace
 
-        with sched_trace.Tracer():  # refused here (one error, exit 4) rather than in the first run
+        with trace.Tracer():  # refused here (one error, exit 4) rather than in the first run
             pass
-        observe = sched_trace.observe
+        observe = trace.observe
 
     total_runs = len(scenario.schedulers) * scenario.repetitions
     expected = scenario.duration_s

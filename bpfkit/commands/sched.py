@@ -1,9 +1,9 @@
-"""`bpfkit sched list|load|use|unload|show` (and `new`, from bpfkit.sched_scaffold):
+"""`bpfkit sched list|load|use|unload|show` (and `new`, from bpfkit.sched.scaffold):
 BPF MPTCP packet schedulers on kernels with mptcp_sched_ops struct_ops."""
 
 import json
 
-from bpfkit import sched
+from bpfkit.sched import lifecycle
 from bpfkit.commands.build import add_compile_options, compile_options
 
 
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     sh.add_argument("--json", action="store_true", help="machine-readable output")
     sh.set_defaults(handler=handle_show)
 
-    from bpfkit import sched_scaffold as scaffold  # for `new`
+    from bpfkit.sched import scaffold  # for `new`
 
     tr = sub.add_parser("trace", help="print each decision of any scheduler (default or BPF) as it happens",
                         description="Trace mptcp_sched_get_send()/get_retrans() (fentry/fexit, Linux >= 6.7): per "
@@ -69,7 +69,7 @@ def handle_trace(args) -> int:
     import sys
     import time
 
-    from bpfkit import sched_trace
+    from bpfkit.sched import trace
     from bpfkit.errors import UsageError
 
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
@@ -77,11 +77,11 @@ def handle_trace(args) -> int:
     if args.count is not None and args.count <= 0:
         raise UsageError(f"--count must be positive, got {args.count}")
     if args.name is not None:
-        sched.validate_name(args.name)
+        lifecycle.validate_name(args.name)
     deadline = time.monotonic() + args.duration if args.duration else math.inf
     shown = 0
     start_ns = None
-    with sched_trace.Tracer(netns=args.netns) as tracer:
+    with trace.Tracer(netns=args.netns) as tracer:
         print("bpfkit: tracing scheduler decisions" + (f" in netns {args.netns}" if args.netns else "")
               + " (Ctrl-C stops)", file=sys.stderr, flush=True)
         try:
@@ -92,7 +92,7 @@ def handle_trace(args) -> int:
                         continue
                     if start_ns is None:
                         start_ns = decision["time_ns"]
-                    print(json.dumps(decision) if args.json else sched_trace.format_decision(decision, start_ns),
+                    print(json.dumps(decision) if args.json else trace.format_decision(decision, start_ns),
                           flush=True)
                     shown += 1
                     if args.count is not None and shown >= args.count:
@@ -106,13 +106,13 @@ def handle_trace(args) -> int:
 
 
 def handle_list(args) -> int:
-    data = sched.list_all()
-    print(json.dumps(data, indent=2) if args.json else sched.format_list(data))
+    data = lifecycle.list_all()
+    print(json.dumps(data, indent=2) if args.json else lifecycle.format_list(data))
     return 0
 
 
 def handle_load(args) -> int:
-    result = sched.load(args.scheduler, ops=args.ops, **compile_options(args))
+    result = lifecycle.load(args.scheduler, ops=args.ops, **compile_options(args))
     rec = result.record
     if args.json:
         print(json.dumps({"name": rec.name, "already_loaded": result.already_loaded, "pin": str(rec.pin),
@@ -128,14 +128,14 @@ def handle_load(args) -> int:
 
 
 def handle_use(args) -> int:
-    before = sched.use(args.name, args.netns)
+    before = lifecycle.use(args.name, args.netns)
     where = f"netns {args.netns}" if args.netns else "the current netns"
     print(f"net.mptcp.scheduler = {args.name} in {where} (was {before}); applies to new MPTCP sockets")
     return 0
 
 
 def handle_unload(args) -> int:
-    result = sched.unload(args.name, force=args.force)
+    result = lifecycle.unload(args.name, force=args.force)
     for ns in result.switched:
         print(f"{ns}: net.mptcp.scheduler switched from {args.name} to default "
               f"(connections already open keep {args.name} until they close)")
@@ -144,6 +144,6 @@ def handle_unload(args) -> int:
 
 
 def handle_show(args) -> int:
-    info = sched.show(args.name)
-    print(json.dumps(info, indent=2) if args.json else sched.format_show(info))
+    info = lifecycle.show(args.name)
+    print(json.dumps(info, indent=2) if args.json else lifecycle.format_show(info))
     return 0

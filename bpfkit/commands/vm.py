@@ -81,7 +81,8 @@ def handle_selftests(args) -> int:
     import datetime
     import sys
 
-    from bpfkit import sched, selftests
+    from bpfkit import selftests
+    from bpfkit.sched import lifecycle
     from bpfkit.loader import build
     from bpfkit.paths import cache_dir
 
@@ -91,16 +92,16 @@ def handle_selftests(args) -> int:
         raise UsageError("--scheduler: give at least one name (e.g. default,minrtt)")
     if args.image and args.kernel:
         raise UsageError("--image and --kernel exclude each other")
-    if args.image and schedulers != [sched.DEFAULT]:
+    if args.image and schedulers != [lifecycle.DEFAULT]:
         raise UsageError("--image boots a kernel without bpfkit's series: only --scheduler default runs there")
     if args.image and not args.image.is_file():
         raise UsageError(f"--image {args.image}: no such file")
     kernel = kbuild.build_kernel(source=args.kernel, flavour=args.flavour, progress=True)
     bzimage = args.image.resolve() if args.image else kernel.bzimage
     for spec in schedulers:  # compiled on the host: clang under TCG in the guest is slow
-        if spec != sched.DEFAULT:
-            source = sched.resolve_source(spec)
-            if not sched.is_object(source):
+        if spec != lifecycle.DEFAULT:
+            source = lifecycle.resolve_source(spec)
+            if not lifecycle.is_object(source):
                 build.compile_bpf(source, kernel=kernel.vmlinux)
     tree, build_dir = kbuild.tree_and_build_dir(args.kernel, args.flavour)
     install_dir = selftests.install(tree, build_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 from bpfkit.lab import stats, traffic
 from bpfkit.lab.metrics import rate_series
 from bpfkit.lab.values import format_rate, format_time
+from bpfkit.sched import registry
 
 # ---------------------------------------------------------------- statistics
 
@@ -535,7 +536,7 @@ def plot_completion_cdf(doc: dict, path: Path) -> Path | None:
     for scheduler, values in data.items():
         xs = sorted(v * 1000 for v in values)
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
-        ax.step(xs, ys, where="post", linewidth=1.6, label=f"{scheduler} (n={len(xs)}, p95 {percentile(xs, 95):.1f} ms)")
+        ax.step(xs, ys, where="post", linewidth=1.6, color=registry.colour(scheduler), label=f"{scheduler} (n={len(xs)}, p95 {percentile(xs, 95):.1f} ms)")
     all_values = [v for vs in data.values() for v in vs if v > 0]
     if all_values and max(all_values) / min(all_values) > 20:
         ax.set_xscale("log")

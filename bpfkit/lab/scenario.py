@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path as FilePath
 
-from bpfkit import sched_name
+from bpfkit.sched import registry
 from bpfkit.errors import UsageError
 from bpfkit.lab import traffic as traffic_models
 from bpfkit.lab.traffic import TrafficModel
@@ -172,7 +172,7 @@ _SET_KEYS = {"rate", "delay", "jitter", "loss", "queue"}
 
 def validate_scheduler_name(name, key: str = "schedulers", source: str = "<arguments>") -> str:
     """Syntax only (the kernel decides whether it exists, checked before a run)."""
-    return sched_name.check(name, where=f"{source}: {key}")
+    return registry.check(name, where=f"{source}: {key}")
 
 
 def _parse_path_params(c: Checker, key: str, data: dict, current: dict) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import sched
+from bpfkit.sched import lifecycle
 from bpfkit.loader import build
 from bpfkit.kernel import kbuild
 
@@ -56,9 +56,9 @@ def test_a_header_edit_in_the_user_dir_rebuilds(tmp_path):
 
 def test_prebuilt_object_ops_map_is_read_from_btf():
     obj = build.compile_bpf(COMPAT / "first.bpf.c", include_dirs=[INCLUDE]).path
-    maps = sched.ops_maps_of_object(obj)
-    assert maps == [sched.OpsMap(var="first", name="compat_first", link=True, redundant=False)]
+    maps = lifecycle.ops_maps_of_object(obj)
+    assert maps == [lifecycle.OpsMap(var="first", name="compat_first", link=True, redundant=False)]
     vmlinux = kbuild.default_kernel().vmlinux  # the flags member exists in the series' BTF only
     redundant = build.compile_bpf(PROJECT / "bpf" / "sched" / "redundant.bpf.c", kernel=vmlinux).path
-    (m,) = sched.ops_maps_of_object(redundant)
+    (m,) = lifecycle.ops_maps_of_object(redundant)
     assert m.name == "redundant" and m.redundant and m.link

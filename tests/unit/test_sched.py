@@ -1,92 +1,72 @@
-"""Pure logic of bpfkit.sched: source parsing, name rules, the BLEST/ECF
+"""Pure logic of bpfkit.sched: choosing the ops map, name rules, the BLEST/ECF
 decision arithmetic (mirrors of bpf/sched/blest.bpf.c and ecf.bpf.c), output
 formatting, CLI wiring.  Kernel behaviour is in tests/vm/test_schedulers.py."""
 
 import pytest
 
-from bpfkit import cli, sched
+from bpfkit import cli
+from bpfkit.sched import lifecycle
 from bpfkit.errors import UsageError
 from tests.sched_models import blest_skips_slow, ecf_decide
 
 pytestmark = pytest.mark.unit
 
-SOURCE = '''
-/* SEC(".struct_ops.link") struct mptcp_sched_ops commented = { .name = "nope" }; */
-SEC(".struct_ops.link")
-struct mptcp_sched_ops red = {
-	.get_send = (void *)red_get_send,
-	.flags = MPTCP_SCHED_FLAG_REDUNDANT,
-	.name = "red",
-};
-
-SEC(".struct_ops")
-struct mptcp_sched_ops red_nl = {
-	.get_send = (void *)red_get_send,
-	.name = "red_nl",
-};
-'''
-
-
-def test_ops_maps_parses_link_flags_and_names_ignoring_comments():
-    assert sched.ops_maps(SOURCE) == [
-        sched.OpsMap(var="red", name="red", link=True, redundant=True),
-        sched.OpsMap(var="red_nl", name="red_nl", link=False, redundant=False),
-    ]
+# what ops_maps_of_object() reads from an object with two maps (tests/host/test_compat_build.py
+# reads real objects)
+MAPS = [lifecycle.OpsMap(var="red", name="red", link=True, redundant=True),
+        lifecycle.OpsMap(var="red_nl", name="red_nl", link=False, redundant=False)]
 
 
 def test_pick_ops_map_takes_the_only_link_map(tmp_path):
-    maps = sched.ops_maps(SOURCE)
-    assert sched.pick_ops_map(tmp_path / "x.bpf.c", maps).var == "red"
-    assert sched.pick_ops_map(tmp_path / "x.bpf.c", maps, ops="red").name == "red"
+    maps = MAPS
+    assert lifecycle.pick_ops_map(tmp_path / "x.bpf.c", maps).var == "red"
+    assert lifecycle.pick_ops_map(tmp_path / "x.bpf.c", maps, ops="red").name == "red"
 
 
 def test_pick_ops_map_refuses_plain_struct_ops_and_unknown_maps(tmp_path):
-    maps = sched.ops_maps(SOURCE)
+    maps = MAPS
     with pytest.raises(UsageError, match=r"needs SEC\(\"\.struct_ops\.link\"\)"):
-        sched.pick_ops_map(tmp_path / "x.bpf.c", maps, ops="red_nl")
+        lifecycle.pick_ops_map(tmp_path / "x.bpf.c", maps, ops="red_nl")
     with pytest.raises(UsageError, match="no mptcp_sched_ops map 'other'"):
-        sched.pick_ops_map(tmp_path / "x.bpf.c", maps, ops="other")
+        lifecycle.pick_ops_map(tmp_path / "x.bpf.c", maps, ops="other")
     with pytest.raises(UsageError, match="no `struct mptcp_sched_ops` map"):
-        sched.pick_ops_map(tmp_path / "x.bpf.c", [])
-    two = maps + [sched.OpsMap("b", "b", True, False)]
+        lifecycle.pick_ops_map(tmp_path / "x.bpf.c", [])
+    two = maps + [lifecycle.OpsMap("b", "b", True, False)]
     with pytest.raises(UsageError, match="several .* choose one with --ops"):
-        sched.pick_ops_map(tmp_path / "x.bpf.c", two)
+        lifecycle.pick_ops_map(tmp_path / "x.bpf.c", two)
 
 
 @pytest.mark.parametrize("name", ["minrtt", "bpf_first", "a", "x" * 15, "my-sched.v2"])
 def test_valid_names(name):
-    assert sched.validate_name(name) == name
+    assert lifecycle.validate_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "x" * 16, "-x", ".hidden", "a/b", "a b", "../x", "é"])
 def test_invalid_names(name):
     with pytest.raises(UsageError):
-        sched.validate_name(name)
+        lifecycle.validate_name(name)
 
 
 def test_builtin_schedulers_are_the_four_reference_ones():
-    builtin = sched.builtin_sources()
+    builtin = lifecycle.builtin_sources()
     assert set(builtin) == {"minrtt", "redundant", "blest", "ecf"}
     for name, path in builtin.items():
         assert path.name == f"{name}.bpf.c"
         head = path.read_text()[:3000]
         assert head.startswith("/*") and ("Paper" in head or "Algorithm" in head), path
-    redundant = sched.pick_ops_map(builtin["redundant"], sched.ops_maps(builtin["redundant"].read_text()))
-    assert redundant.redundant
-    assert not any(sched.ops_maps(builtin[n].read_text())[0].redundant for n in ("minrtt", "blest", "ecf"))
 
 
 def test_resolve_source(tmp_path):
-    assert sched.resolve_source("blest").name == "blest.bpf.c"
+    assert lifecycle.resolve_source("blest").name == "blest.bpf.c"
     f = tmp_path / "mine.bpf.c"
-    f.write_text(SOURCE)
-    assert sched.resolve_source(str(f)) == f.resolve()
+    f.write_text("/* any text: resolving does not read it */\n")
+    assert lifecycle.resolve_source(str(f)) == f.resolve()
     with pytest.raises(UsageError, match="no built-in scheduler named 'nosuch'"):
-        sched.resolve_source("nosuch")
+        lifecycle.resolve_source("nosuch")
     with pytest.raises(UsageError, match="no such BPF C file"):
-        sched.resolve_source(str(tmp_path / "missing.bpf.c"))
+        lifecycle.resolve_source(str(tmp_path / "missing.bpf.c"))
     with pytest.raises(UsageError, match="1-15 characters"):
-        sched.resolve_source("n" * 40)
+        lifecycle.resolve_source("n" * 40)
 
 
 # BLEST: X = MSS_f * (CWND_f + (rtts-1)/2) * rtts; skip slow if lambda*X > |M| - MSS_s*(inflight_s+1)
@@ -150,16 +130,16 @@ def test_ecf_delta_widens_the_slow_estimate():
 
 
 def test_format_list_and_show():
-    data = {"builtin": [{"name": "minrtt", "source": "/p/bpf/sched/minrtt.bpf.c", "registered": True,
-                         "loaded_by_bpfkit": True}],
+    data = {"builtin": [{"name": "minrtt", "title": "lowest RTT first", "source": "/p/bpf/sched/minrtt.bpf.c",
+                         "registered": True, "loaded_by_bpfkit": True}],
             "available": ["default", "minrtt", "theirs"], "selected": {"(current)": "default", "ns1": "minrtt"},
             "bpfkit": ["minrtt"], "other_loaders": ["theirs"]}
-    text = sched.format_list(data)
-    assert "minrtt           loaded by bpfkit" in text
+    text = lifecycle.format_list(data)
+    assert "minrtt           loaded by bpfkit  lowest RTT first" in text
     assert "registered by other loaders (not bpfkit's): theirs" in text
     assert "registered (net.mptcp.available_schedulers): default minrtt theirs" in text
     assert "  ns1              minrtt" in text
-    shown = sched.format_show({"name": "minrtt", "registered": True, "flags": [], "program_ids": {"a": 7},
+    shown = lifecycle.format_show({"name": "minrtt", "registered": True, "flags": [], "program_ids": {"a": 7},
                                "selected_in": ["ns1"], "pin": None})
     assert "registered:        yes" in shown and "program ids:       a=7" in shown
     assert "flags:             -" in shown and "selected in:       ns1" in shown and "pin:               -" in shown
@@ -182,12 +162,12 @@ def test_cli_bad_name_is_one_error(capsys):
 @pytest.mark.parametrize("name", ["../../etc", "a/b", "..", "", "bad\x1b[2J"])
 def test_netns_names_that_are_not_names_are_refused(name):
     with pytest.raises(UsageError, match="invalid network namespace name"):
-        sched.selected(name)
+        lifecycle.selected(name)
 
 
 def test_verifier_advice_for_schedulers_of_another_export_generation():
     log = ("26: (85) call bpf_sk_stream_memory_free#1\nkernel function bpf_sk_stream_memory_free args#0 expected "
            "pointer to STRUCT mptcp_subflow_context but R1 has a pointer to STRUCT sock\n")
-    assert "bpf_sk_stream_memory_free(subflow)" in sched.scheduler_verifier_hint(log)
-    assert "bpf_mptcp_subflow_tcp_sock" in sched.scheduler_verifier_hint("arg#1 is untrusted_ptr_ expected ptr_")
-    assert sched.scheduler_verifier_hint("R1 invalid mem access 'scalar'") is None
+    assert "bpf_sk_stream_memory_free(subflow)" in lifecycle.scheduler_verifier_hint(log)
+    assert "bpf_mptcp_subflow_tcp_sock" in lifecycle.scheduler_verifier_hint("arg#1 is untrusted_ptr_ expected ptr_")
+    assert lifecycle.scheduler_verifier_hint("R1 invalid mem access 'scalar'") is None

@@ -11,7 +11,7 @@ import argparse
 
 import pytest
 
-from bpfkit import sched_scaffold
+from bpfkit.sched import registry, scaffold
 from bpfkit.loader import build
 from bpfkit.errors import MissingDependency, UsageError
 
@@ -23,7 +23,7 @@ VM_TEST_NAMES = {"minimal": "scaf_minimal", "minrtt": "scaf_minrtt", "redundant"
 
 
 def _reference_or_skip(origin: str) -> None:
-    if origin != "minimal" and origin not in sched_scaffold.reference_sources():
+    if origin != "minimal" and origin not in registry.references():
         pytest.skip(f"bpf/sched/{origin}.bpf.c is not in the tree yet")
 
 
@@ -32,7 +32,7 @@ def _reference_or_skip(origin: str) -> None:
 
 @pytest.mark.parametrize("name", ["a", "my_sched", "x1", "abcdefghijklmno"])  # 15 chars is the limit
 def test_valid_names_pass(name):
-    assert sched_scaffold.validate_name(name, existing=set()) == name
+    assert scaffold.validate_name(name, existing=set()) == name
 
 
 @pytest.mark.parametrize("name, reason", [
@@ -51,31 +51,31 @@ def test_valid_names_pass(name):
 ])
 def test_invalid_names_are_refused(name, reason):
     with pytest.raises(UsageError, match=reason):
-        sched_scaffold.validate_name(name, existing=set())
+        scaffold.validate_name(name, existing=set())
 
 
 @pytest.mark.parametrize("name", ["default", "minrtt", "redundant", "blest", "ecf"])
 def test_existing_scheduler_names_are_refused(name):
     with pytest.raises(UsageError, match="taken by an existing scheduler"):
-        sched_scaffold.validate_name(name)
+        scaffold.validate_name(name)
 
 
 def test_kernel_registered_names_are_refused(tmp_path):
     available = tmp_path / "available_schedulers"
     available.write_text("default bpf_burst mine\n")
-    taken = sched_scaffold.existing_scheduler_names(available)
+    taken = scaffold.existing_scheduler_names(available)
     assert {"default", "bpf_burst", "mine", "minrtt", "blest", "ecf", "redundant"} <= taken
     with pytest.raises(UsageError, match="taken"):
-        sched_scaffold.validate_name("mine", existing=taken)
+        scaffold.validate_name("mine", existing=taken)
     # an unreadable sysctl is not an error: the other sources still apply
-    assert "default" in sched_scaffold.existing_scheduler_names(tmp_path / "missing")
+    assert "default" in scaffold.existing_scheduler_names(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------- rendering
 
 
 def test_minimal_render_names_everything_after_the_scheduler():
-    text = sched_scaffold.render("my_sched", existing=set())
+    text = scaffold.render("my_sched", existing=set())
     assert '.name\t\t= "my_sched",' in text
     assert "struct mptcp_sched_ops my_sched = {" in text
     for callback in ("get_send", "get_retrans", "init", "release"):
@@ -89,9 +89,9 @@ def test_minimal_render_names_everything_after_the_scheduler():
 
 def test_render_refuses_invalid_name_before_rendering():
     with pytest.raises(UsageError):
-        sched_scaffold.render('x"; evil', existing=set())
+        scaffold.render('x"; evil', existing=set())
     with pytest.raises(UsageError, match="--from"):
-        sched_scaffold.render("fine", "nope", existing=set())
+        scaffold.render("fine", "nope", existing=set())
 
 
 def test_rename_touches_identifiers_and_the_ops_name_only():
@@ -102,7 +102,7 @@ def test_rename_touches_identifiers_and_the_ops_name_only():
         'struct mptcp_sched_ops minrtt = { .get_send = (void *)minrtt_get_send, .name = "minrtt", };\n'
         'const char note[] = "minrtt is fast";\n'
     )
-    out = sched_scaffold.rename_scheduler(source, {"minrtt"}, "fast")
+    out = scaffold.rename_scheduler(source, {"minrtt"}, "fast")
     assert out == (
         "/* minrtt picks the minrtt path */\n"
         'static int fast_pick(struct fast_state *s) { return s->minrtt_seen + subflow->minrtt; }\n'
@@ -112,12 +112,12 @@ def test_rename_touches_identifiers_and_the_ops_name_only():
     )
 
 
-@pytest.mark.parametrize("origin", sched_scaffold.REFERENCE_ORIGINS)
+@pytest.mark.parametrize("origin", scaffold.REFERENCE_ORIGINS)
 def test_derived_render_keeps_no_trace_of_the_old_name_in_code(origin):
     _reference_or_skip(origin)
-    text = sched_scaffold.render("derived", origin, existing=set())
-    code = sched_scaffold._strip_comments(text)
-    assert sched_scaffold.registered_names(text) == ["derived"]
+    text = scaffold.render("derived", origin, existing=set())
+    code = scaffold._strip_comments(text)
+    assert scaffold.registered_names(text) == ["derived"]
     assert "struct mptcp_sched_ops derived = {" in code
     assert f'"{origin}"' not in code
     import re
@@ -131,32 +131,32 @@ def test_derived_render_keeps_no_trace_of_the_old_name_in_code(origin):
 
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bpfkit sched new")
-    sched_scaffold.add_new_arguments(parser)
+    scaffold.add_new_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def test_run_new_writes_the_file_and_refuses_to_overwrite(tmp_path, capsys):
-    assert sched_scaffold.run_new(_args("my_new", "--dir", str(tmp_path / "sub"))) == 0
+    assert scaffold.run_new(_args("my_new", "--dir", str(tmp_path / "sub"))) == 0
     target = tmp_path / "sub" / "my_new.bpf.c"
     assert target.is_file() and '.name\t\t= "my_new"' in target.read_text()
     assert "bpfkit sched load" in capsys.readouterr().out
 
     target.write_text("/* my edits */\n")
     with pytest.raises(UsageError, match="exists") as err:
-        sched_scaffold.run_new(_args("my_new", "--dir", str(tmp_path / "sub")))
+        scaffold.run_new(_args("my_new", "--dir", str(tmp_path / "sub")))
     assert "--force" in str(err.value)
     assert target.read_text() == "/* my edits */\n"
 
-    assert sched_scaffold.run_new(_args("my_new", "--dir", str(tmp_path / "sub"), "--force")) == 0
+    assert scaffold.run_new(_args("my_new", "--dir", str(tmp_path / "sub"), "--force")) == 0
     assert "my edits" not in target.read_text()
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["my_new.bpf.c"]  # no temp files left
 
 
 def test_bad_name_writes_nothing(tmp_path):
     with pytest.raises(UsageError):
-        sched_scaffold.run_new(_args("Bad-Name", "--dir", str(tmp_path / "out")))
+        scaffold.run_new(_args("Bad-Name", "--dir", str(tmp_path / "out")))
     with pytest.raises(UsageError, match="taken"):
-        sched_scaffold.run_new(_args("default", "--dir", str(tmp_path / "out")))
+        scaffold.run_new(_args("default", "--dir", str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
 
@@ -170,7 +170,7 @@ def test_dir_that_is_a_file_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(UsageError, match="not a directory"):
-        sched_scaffold.run_new(_args("fine", "--dir", str(blocker)))
+        scaffold.run_new(_args("fine", "--dir", str(blocker)))
 
 
 # ---------------------------------------------------------------- compiles for the VM kernel
@@ -186,13 +186,13 @@ def vm_vmlinux():
         pytest.skip(f"no bpfkit VM kernel built ({exc.message})")
 
 
-@pytest.mark.parametrize("origin", ["minimal", *sched_scaffold.REFERENCE_ORIGINS])
+@pytest.mark.parametrize("origin", ["minimal", *scaffold.REFERENCE_ORIGINS])
 def test_rendered_scheduler_compiles_for_the_vm_kernel(origin, vm_vmlinux, tmp_path):
     from elftools.elf.elffile import ELFFile
 
     _reference_or_skip(origin)
     name = VM_TEST_NAMES[origin]
-    source = sched_scaffold.scaffold(name, origin, tmp_path, existing=set())
+    source = scaffold.scaffold(name, origin, tmp_path, existing=set())
     obj = build.compile_bpf(source, kernel=vm_vmlinux).path
     with open(obj, "rb") as f:
         elf = ELFFile(f)
@@ -214,7 +214,7 @@ def test_bpfkit_sched_new_command(tmp_path, capsys):
     if importlib.util.find_spec("bpfkit.commands.sched") is None:
         pytest.skip("bpfkit.commands.sched (the `bpfkit sched` command) is not in the tree yet")
     assert cli.main(["sched", "new", "cli_made", "--from", "blest", "--dir", str(tmp_path)]) == 0
-    assert sched_scaffold.registered_names((tmp_path / "cli_made.bpf.c").read_text()) == ["cli_made"]
+    assert scaffold.registered_names((tmp_path / "cli_made.bpf.c").read_text()) == ["cli_made"]
     assert cli.main(["sched", "new", "cli_made", "--dir", str(tmp_path)]) == 2  # exists, no --force
     assert cli.main(["sched", "new", "Cli-Made", "--dir", str(tmp_path)]) == 2
     assert "error" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The decision record of `bpfkit sched trace`: bpfkit/sched_trace.py's mirror of
+"""The decision record of `bpfkit sched trace`: bpfkit/trace.py's mirror of
 bpf/include/sched_trace.h, checked field by field against the header compiled by a
 real C compiler, and the decoding of records (a wrong size is one clear error)."""
 
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from bpfkit import sched_trace
+from bpfkit.sched import trace
 from bpfkit.errors import LoadError
 from bpfkit.paths import BPF_DIR
 
@@ -28,23 +28,23 @@ int main(void) {
 
 
 def test_python_mirror_matches_the_c_header(tmp_path):
-    lines = [f'\tF(sched_decision_subflow, {name});' for name, _ in sched_trace._Subflow._fields_]
-    lines += [f'\tF(sched_decision, {name});' for name, _ in sched_trace._Decision._fields_]
+    lines = [f'\tF(sched_decision_subflow, {name});' for name, _ in trace._Subflow._fields_]
+    lines += [f'\tF(sched_decision, {name});' for name, _ in trace._Decision._fields_]
     source = tmp_path / "layout.c"
     source.write_text(LAYOUT_PROGRAM.replace("@FIELDS@", "\n".join(lines)))
     exe = tmp_path / "layout"
     subprocess.run(["cc", "-I", str(BPF_DIR / "include"), "-o", str(exe), str(source)], check=True)
     output = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
     c_layout = dict(line.split(" ", 1) for line in output.splitlines())
-    for struct, cls in (("sched_decision_subflow", sched_trace._Subflow), ("sched_decision", sched_trace._Decision)):
+    for struct, cls in (("sched_decision_subflow", trace._Subflow), ("sched_decision", trace._Decision)):
         for name, _ in cls._fields_:
             field = getattr(cls, name)
             assert c_layout[f"{struct}.{name}"] == f"{field.offset} {field.size}", f"{struct}.{name}"
-    assert c_layout["sched_decision"] == str(ctypes.sizeof(sched_trace._Decision))
+    assert c_layout["sched_decision"] == str(ctypes.sizeof(trace._Decision))
 
 
 def record(**fields) -> bytes:
-    d = sched_trace._Decision()
+    d = trace._Decision()
     d.time_ns, d.duration_ns, d.token, d.ret, d.kind, d.sched = 5_000, 700, 0xABCD, 0, 1, b"minrtt"
     d.nr_subflows = 2
     for i, sf in enumerate(d.subflows[:2]):
@@ -56,18 +56,18 @@ def record(**fields) -> bytes:
 
 
 def test_decode_names_the_call_and_the_chosen_subflow():
-    d = sched_trace.decode(record())
+    d = trace.decode(record())
     assert (d["call"], d["scheduler"], d["token"], d["chosen"]) == ("get_send", "minrtt", 0xABCD, [2])
     assert [sf["srtt_us"] for sf in d["subflows"]] == [1000, 2000]
-    line = sched_trace.format_decision(d, start_ns=0)
+    line = trace.format_decision(d, start_ns=0)
     assert "0000abcd get_send" in line and "→ #2" in line and "#2* srtt 2.0ms" in line
 
 
 def test_decode_more_subflows_than_described_keeps_the_count():
-    d = sched_trace.decode(record(nr_subflows=12))
-    assert d["subflows_total"] == 12 and len(d["subflows"]) == sched_trace.MAX_SUBFLOWS
+    d = trace.decode(record(nr_subflows=12))
+    assert d["subflows_total"] == 12 and len(d["subflows"]) == trace.MAX_SUBFLOWS
 
 
 def test_a_record_of_another_size_is_one_clear_error():
     with pytest.raises(LoadError, match="disagree"):
-        sched_trace.decode(record()[:-4])
+        trace.decode(record()[:-4])

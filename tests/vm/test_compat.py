@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import sched
+from bpfkit.sched import lifecycle
 from bpfkit.loader import build, libbpf
 from tests.vm.test_sched_kernel import sh
 from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, pair, report, transfer  # noqa: F401 (pair: fixture)
@@ -38,22 +38,22 @@ def compat_object(name: str) -> Path:
 
 @contextlib.contextmanager
 def loaded(name: str):
-    rec = sched.load(str(COMPAT / f"{name}.bpf.c"), include_dirs=[INCLUDE]).record
+    rec = lifecycle.load(str(COMPAT / f"{name}.bpf.c"), include_dirs=[INCLUDE]).record
     try:
         yield rec.name
     finally:
-        if sched.link_pin(rec.name).exists():
-            sched.unload(rec.name, force=True)
+        if lifecycle.link_pin(rec.name).exists():
+            lifecycle.unload(rec.name, force=True)
 
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     yield
-    leftovers = sched.pinned_names()
+    leftovers = lifecycle.pinned_names()
     for name in leftovers:
-        sched.unload(name, force=True)
+        lifecycle.unload(name, force=True)
     assert not leftovers, f"schedulers left pinned: {leftovers}"
-    stray = [n for n in sched.available() if n.startswith("compat_")]
+    stray = [n for n in lifecycle.available() if n.startswith("compat_")]
     assert not stray, f"still registered: {stray}"
 
 
@@ -86,7 +86,7 @@ def test_export_and_omr_style_scheduler_loads_and_behaves(pair, name):
     promise, check = CASES[name]
     with loaded(name) as kernel_name:
         assert kernel_name == f"compat_{'wrr' if name == 'weighted' else name}"
-        assert kernel_name in sched.available()
+        assert kernel_name in lifecycle.available()
         pair.set_scheduler(kernel_name)
         assert pair.sysctl("net.mptcp.scheduler") == kernel_name
         res = transfer(pair, 4 * MiB)
@@ -127,13 +127,13 @@ def test_sleepable_get_retrans_recovers_a_blackholed_path(pair):
 
 
 def test_subflow_socket_to_memory_free_is_one_clear_error():
-    before = sched.available()
+    before = lifecycle.available()
     r = bpfkit_cli("sched", "load", "-I", str(INCLUDE), str(COMPAT / "ssk_memfree.bpf.c"))
     assert r.returncode == 1, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
     assert "bpf_sk_stream_memory_free(subflow)" in r.stderr and "subflow context" in r.stderr, r.stderr
-    assert sched.available() == before
-    assert not (sched.PIN_DIR / "compat_memfree").exists()
+    assert lifecycle.available() == before
+    assert not (lifecycle.PIN_DIR / "compat_memfree").exists()
 
 
 def test_prebuilt_object_loads_pinned_like_a_source():
@@ -141,8 +141,8 @@ def test_prebuilt_object_loads_pinned_like_a_source():
     r = bpfkit_cli("sched", "load", str(obj))
     assert r.returncode == 0, r.stderr
     try:
-        assert "compat_first" in sched.available()
-        assert sched.link_pin("compat_first").exists()
+        assert "compat_first" in lifecycle.available()
+        assert lifecycle.link_pin("compat_first").exists()
         r = bpfkit_cli("sched", "show", "compat_first")
         assert r.returncode == 0 and str(obj) in r.stdout, r.stdout
         r = bpfkit_cli("sched", "load", str(obj))  # the same object again: idempotent
@@ -150,7 +150,7 @@ def test_prebuilt_object_loads_pinned_like_a_source():
     finally:
         r = bpfkit_cli("sched", "unload", "compat_first")
     assert r.returncode == 0, r.stderr
-    assert "compat_first" not in sched.available()
+    assert "compat_first" not in lifecycle.available()
 
 
 def test_prebuilt_object_with_bad_flags_or_no_scheduler_is_refused(tmp_path):
@@ -173,10 +173,10 @@ def test_scheduler_of_another_loader_is_listed_and_only_forced_out():
         assert re.search(r"registered by other loaders \(not bpfkit's\): .*compat_first", r.stdout), r.stdout
         r = bpfkit_cli("sched", "unload", "compat_first")
         assert r.returncode == 2 and "not by bpfkit" in r.stderr and "--force" in r.stderr, r.stderr
-        assert "compat_first" in sched.available()
+        assert "compat_first" in lifecycle.available()
         r = bpfkit_cli("sched", "unload", "compat_first", "--force")
         assert r.returncode == 0, r.stderr
-        assert "compat_first" not in sched.available()
+        assert "compat_first" not in lifecycle.available()
     finally:
         with contextlib.suppress(Exception):
             link.detach()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import sched_scaffold
+from bpfkit.sched import scaffold
 from bpfkit.loader import build, libbpf
 from tests.vm.test_sched_kernel import MiB, Pair, Transfer, available, no_leftover_bpf  # noqa: F401 (fixture)
 
@@ -59,7 +59,7 @@ def pair():
 
 def test_minimal_scaffold_loads_and_carries_a_connection(pair, tmp_path, no_leftover_bpf):
     name = NAMES["minimal"]
-    source = sched_scaffold.scaffold(name, "minimal", tmp_path, existing=set())
+    source = scaffold.scaffold(name, "minimal", tmp_path, existing=set())
     with loaded(source, name):
         assert name in available(pair)
         pair.set_scheduler(name)
@@ -74,10 +74,10 @@ def test_minimal_scaffold_loads_and_carries_a_connection(pair, tmp_path, no_left
     assert sum(by_id.values()) >= 4 * MiB, by_id
 
 
-@pytest.mark.parametrize("origin", sched_scaffold.REFERENCE_ORIGINS)
+@pytest.mark.parametrize("origin", scaffold.REFERENCE_ORIGINS)
 def test_derived_scaffold_loads_and_carries_a_connection(pair, tmp_path, no_leftover_bpf, origin):
     name = NAMES[origin]
-    source = sched_scaffold.scaffold(name, origin, tmp_path, existing=set())
+    source = scaffold.scaffold(name, origin, tmp_path, existing=set())
     with loaded(source, name):
         assert name in available(pair)
         pair.set_scheduler(name)

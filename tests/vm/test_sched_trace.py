@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from bpfkit import sched_trace
+from bpfkit.sched import trace
 from tests.vm.test_compat import loaded
 from tests.vm.test_sched_kernel import no_leftover_bpf  # noqa: F401 (fixture)
 from tests.vm.test_schedulers import PROJECT, Loaded, MiB, pair, transfer  # noqa: F401 (pair: fixture)
@@ -52,8 +52,8 @@ def test_trace_agrees_with_the_transfer(pair, no_leftover_bpf, origin):  # noqa:
     ctx = Loaded("minrtt") if origin == "minrtt" else loaded("rr")
     with ctx as name:
         pair.set_scheduler(name)
-        with sched_trace.Tracer(netns=pair.cli) as tracer:
-            with sched_trace.Recorder(tracer) as got:
+        with trace.Tracer(netns=pair.cli) as tracer:
+            with trace.Recorder(tracer) as got:
                 res = transfer(pair, 4 * MiB)
             lost = tracer.lost()
         pair.set_scheduler("default")

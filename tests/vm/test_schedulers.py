@@ -12,7 +12,7 @@ client side (the data direction).  Transfers are in-process (client and server
 threads moved into their netns) so MPTCP_FULL_INFO can be read on the live client
 socket: tcpi_bytes_sent per subflow is what the scheduler put on each path.
 
-Each scheduler is loaded with bpfkit.sched.load() (build cached, register, pin)
+Each scheduler is loaded with bpfkit.sched.lifecycle.load() (build cached, register, pin)
 and unloaded in a finally, so a failing test leaves nothing registered/pinned.
 """
 
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import mptcp_sockopt, netns, sched, sched_name, sock_diag
+from bpfkit import mptcp_sockopt, netns, sock_diag
+from bpfkit.sched import lifecycle, registry
 from bpfkit.loader import build, libbpf
 from bpfkit.errors import AttachError, UsageError, VerifierError
 from tests.vm.test_sched_kernel import (  # noqa: F401
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.vm
 MiB = 1 << 20
 CHUNK = 64 * 1024
 SERVER = "10.0.1.1"
-SCHEDULERS = sched_name.reference_names()  # every bpf/sched/X.bpf.c: a new one is tested with no edit here
+SCHEDULERS = registry.reference_names()  # every bpf/sched/X.bpf.c: a new one is tested with no edit here
 TESTS_DIR = Path(__file__).resolve().parent.parent
 PROJECT = TESTS_DIR.parent
 _ports = iter(range(15000, 20000, 7))
@@ -186,12 +187,12 @@ class Loaded:
         self.name: str | None = None
 
     def __enter__(self) -> str:
-        self.name = sched.load(self.spec).record.name
+        self.name = lifecycle.load(self.spec).record.name
         return self.name
 
     def __exit__(self, *exc) -> None:
-        if self.name and sched.link_pin(self.name).exists():
-            sched.unload(self.name, force=True)
+        if self.name and lifecycle.link_pin(self.name).exists():
+            lifecycle.unload(self.name, force=True)
 
 
 @pytest.fixture
@@ -205,13 +206,13 @@ def nothing_left_behind():
     """Every test: no scheduler of ours stays registered or pinned, no stray
     selection stays in the test VM's own netns."""
     yield
-    leftovers = sched.pinned_names()
+    leftovers = lifecycle.pinned_names()
     for name in leftovers:  # clean up for the next test, then fail this one
-        sched.unload(name, force=True)
+        lifecycle.unload(name, force=True)
     assert not leftovers, f"schedulers left pinned: {leftovers}"
     for name in SCHEDULERS:
-        assert name not in sched.available(), f"{name} still registered"
-    assert sched.selected() == "default"
+        assert name not in lifecycle.available(), f"{name} still registered"
+    assert lifecycle.selected() == "default"
 
 
 def bpfkit_cli(*args: str) -> subprocess.CompletedProcess:
@@ -224,8 +225,8 @@ def bpfkit_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_loads_selects_and_carries_a_verified_transfer(pair, name):
     with Loaded(name):
-        assert name in sched.available()
-        assert sched.link_pin(name).exists()
+        assert name in lifecycle.available()
+        assert lifecycle.link_pin(name).exists()
         pair.set_scheduler(name)
         assert pair.sysctl("net.mptcp.scheduler") == name
         res = transfer(pair, 4 * MiB)
@@ -418,8 +419,8 @@ def test_cli_load_use_unload_round_trip(pair):
     r = bpfkit_cli("sched", "load", "minrtt")
     assert r.returncode == 0, r.stderr
     try:
-        assert "minrtt" in sched.available()
-        pin = sched.link_pin("minrtt")
+        assert "minrtt" in lifecycle.available()
+        pin = lifecycle.link_pin("minrtt")
         assert pin.exists()
         # the command has exited: the pin alone keeps it registered
         r = bpfkit_cli("sched", "load", "minrtt")
@@ -428,7 +429,7 @@ def test_cli_load_use_unload_round_trip(pair):
         listing = json.loads(bpfkit_cli("sched", "list", "--json").stdout)
         assert "minrtt" in listing["available"] and "minrtt" in listing["bpfkit"]
         assert {b["name"] for b in listing["builtin"]} >= set(SCHEDULERS)
-        assert listing["selected"][sched.CURRENT_NETNS] == "default"
+        assert listing["selected"][lifecycle.CURRENT_NETNS] == "default"
         assert listing["selected"][pair.cli] == "default"
 
         r = bpfkit_cli("sched", "use", "minrtt", "--netns", pair.cli)
@@ -449,7 +450,7 @@ def test_cli_load_use_unload_round_trip(pair):
         # in use: refused, and the error names the netns
         r = bpfkit_cli("sched", "unload", "minrtt")
         assert r.returncode != 0 and pair.cli in r.stderr, (r.stdout, r.stderr)
-        assert "minrtt" in sched.available() and pin.exists()
+        assert "minrtt" in lifecycle.available() and pin.exists()
 
         r = bpfkit_cli("sched", "unload", "minrtt", "--force")
         assert r.returncode == 0, r.stderr
@@ -457,9 +458,9 @@ def test_cli_load_use_unload_round_trip(pair):
         assert pair.sysctl("net.mptcp.scheduler") == "default"
     finally:
         bpfkit_cli("sched", "unload", "minrtt", "--force")
-    assert "minrtt" not in sched.available()
-    assert not (sched.PIN_DIR / "minrtt").exists()
-    assert not sched._record_path("minrtt").exists()
+    assert "minrtt" not in lifecycle.available()
+    assert not (lifecycle.PIN_DIR / "minrtt").exists()
+    assert not lifecycle._record_path("minrtt").exists()
     assert "minrtt" not in json.loads(bpfkit_cli("sched", "list", "--json").stdout)["bpfkit"]
 
 
@@ -478,7 +479,7 @@ def test_a_different_object_cannot_take_a_loaded_name():
     # and the other way round
     with Loaded(str(TESTS_DIR / "bpf" / "sched_name_clash.bpf.c")):
         with pytest.raises(AttachError, match="different build"):
-            sched.load("minrtt")
+            lifecycle.load("minrtt")
 
 
 def test_name_registered_by_another_loader_is_refused():
@@ -492,21 +493,21 @@ def test_name_registered_by_another_loader_is_refused():
     finally:
         link.detach()
         obj.close()
-    assert not (sched.PIN_DIR / "minrtt").exists()
+    assert not (lifecycle.PIN_DIR / "minrtt").exists()
 
 
 def test_verifier_rejection_is_one_clear_error_and_leaves_nothing(no_leftover_bpf):
-    before = sched.available()
+    before = lifecycle.available()
     r = bpfkit_cli("sched", "load", str(TESTS_DIR / "bpf" / "sched_bad_write.bpf.c"))
     assert r.returncode != 0
     assert "no write support to mptcp_sock" in r.stderr, r.stderr
     assert r.stderr.count("bpfkit: error:") == 1, r.stderr
     assert "Traceback" not in r.stderr
-    assert sched.available() == before
-    assert not (sched.PIN_DIR / "bpf_bad_write").exists()
+    assert lifecycle.available() == before
+    assert not (lifecycle.PIN_DIR / "bpf_bad_write").exists()
     with pytest.raises(VerifierError):
-        sched.load(str(TESTS_DIR / "bpf" / "sched_bad_write.bpf.c"))
-    assert sched.available() == before
+        lifecycle.load(str(TESTS_DIR / "bpf" / "sched_bad_write.bpf.c"))
+    assert lifecycle.available() == before
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -520,12 +521,12 @@ def test_verifier_rejection_is_one_clear_error_and_leaves_nothing(no_leftover_bp
     (("load", "a_name_far_too_long_for_mptcp"), "1-15 characters"),
 ])
 def test_bad_input_is_one_clear_error(argv, needle):
-    before = sched.available()
+    before = lifecycle.available()
     r = bpfkit_cli("sched", *argv)
     assert r.returncode == UsageError.exit_code, (r.returncode, r.stderr)
     assert needle in r.stderr and r.stderr.count("bpfkit: error:") == 1, r.stderr
     assert "Traceback" not in r.stderr
-    assert sched.available() == before
+    assert lifecycle.available() == before
 
 
 def test_kernel_log_has_no_splat():

@@ -33,23 +33,21 @@ import errno
 import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bpfkit import fs, sched_name
-from bpfkit.loader import pins
+from bpfkit import fs
 from bpfkit import netns as namespaces  # `netns` is the parameter naming one
 from bpfkit.errors import AttachError, BpfkitError, KernelUnsupported, UnsafePath, UsageError
-from bpfkit.paths import BPF_DIR, PIN_ROOT, cache_dir
+from bpfkit.loader import pins
+from bpfkit.paths import PIN_ROOT, cache_dir
+from bpfkit.sched import registry
+from bpfkit.sched.registry import DEFAULT
 
-SCHED_DIR = BPF_DIR / "sched"
 PIN_DIR = PIN_ROOT / "sched"
 RUN_DIR = Path(os.environ.get("BPFKIT_RUN_DIR", "/run/bpfkit")) / "sched"  # records; see _run_dir()
 SYSCTL_DIR = Path("/proc/sys/net/mptcp")
-DEFAULT = "default"  # the in-kernel scheduler; always registered, cannot be unloaded
-NAME_MAX = sched_name.NAME_MAX
 CURRENT_NETNS = "(current)"
 UNREGISTER_TIMEOUT = 30.0
 REDUNDANT_FLAG = 0x1  # MPTCP_SCHED_FLAG_REDUNDANT (vm/patches/6.12/0004)
@@ -61,40 +59,17 @@ REDUNDANT_FLAG = 0x1  # MPTCP_SCHED_FLAG_REDUNDANT (vm/patches/6.12/0004)
 
 def validate_name(name: str) -> str:
     """A scheduler name as net.mptcp.scheduler and a pin directory accept it."""
-    return sched_name.check(name)
-
-
-def _strip_c_comments(text: str) -> str:
-    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
-    return re.sub(r"//[^\n]*", "", text)
-
-
-_OPS_RE = re.compile(
-    r'SEC\(\s*"(?P<section>\.struct_ops(?:\.link)?)"\s*\)\s*struct\s+mptcp_sched_ops\s+(?P<var>\w+)\s*=\s*'
-    r"\{(?P<body>.*?)\}\s*;", re.S)
-_NAME_FIELD_RE = re.compile(r'\.name\s*=\s*"(?P<name>[^"\\]*)"')
-_FLAGS_FIELD_RE = re.compile(r"\.flags\s*=\s*(?P<flags>[^,}]+)")
+    return registry.check(name)
 
 
 @dataclass(frozen=True)
 class OpsMap:
-    """One `struct mptcp_sched_ops` map declared in a BPF C source."""
+    """One `struct mptcp_sched_ops` map of a BPF object (read from its BTF and initial values)."""
 
     var: str  # C variable = BPF map name
     name: str  # .name: what net.mptcp.scheduler takes
     link: bool  # SEC(".struct_ops.link") (registered through a bpf_link)
     redundant: bool  # .flags carries MPTCP_SCHED_FLAG_REDUNDANT
-
-
-def ops_maps(source_text: str) -> list[OpsMap]:
-    """The mptcp_sched_ops maps of a scheduler source, in file order."""
-    out = []
-    for m in _OPS_RE.finditer(_strip_c_comments(source_text)):
-        name = _NAME_FIELD_RE.search(m["body"])
-        flags = _FLAGS_FIELD_RE.search(m["body"])
-        out.append(OpsMap(var=m["var"], name=name["name"] if name else "", link=m["section"] == ".struct_ops.link",
-                          redundant=bool(flags and "REDUNDANT" in flags["flags"])))
-    return out
 
 
 def pick_ops_map(source: Path, maps: list[OpsMap], ops: str | None = None) -> OpsMap:
@@ -126,13 +101,8 @@ def pick_ops_map(source: Path, maps: list[OpsMap], ops: str | None = None) -> Op
 
 
 def builtin_sources() -> dict[str, Path]:
-    """Reference schedulers shipped in bpf/sched/, by kernel name."""
-    out = {}
-    for path in sorted(SCHED_DIR.glob("*.bpf.c")):
-        for m in ops_maps(path.read_text()):
-            if m.link and m.name:
-                out.setdefault(m.name, path)
-    return out
+    """Reference schedulers shipped in bpf/sched/, by name (bpf/sched/X.bpf.c registers X)."""
+    return {name: ref.source for name, ref in registry.references().items()}
 
 
 # Kfuncs whose argument type changed between generations of mptcp_net-next's export branch
@@ -497,7 +467,7 @@ def foreign_registrations() -> dict[str, dict]:
     for entry in libbpf.struct_ops_maps_loaded():
         for n in names:
             # the ops struct's name[16] member: the name, NUL-padded
-            if n.encode().ljust(NAME_MAX + 1, b"\0") in entry["value"]:
+            if n.encode().ljust(registry.NAME_MAX + 1, b"\0") in entry["value"]:
                 out.setdefault(n, entry)
     return out
 
@@ -539,11 +509,11 @@ def use(name: str, netns: str | None = None) -> str:
 def list_all() -> dict:
     names = available()
     sel = selections()
-    builtin = builtin_sources()
     ours = pinned_names()
     return {
-        "builtin": [{"name": n, "source": str(p), "registered": n in names, "loaded_by_bpfkit": n in ours}
-                    for n, p in sorted(builtin.items())],
+        "builtin": [{"name": n, "title": ref.title, "paper": ref.paper, "source": str(ref.source),
+                     "registered": n in names, "loaded_by_bpfkit": n in ours}
+                    for n, ref in registry.references().items()],
         "available": names,
         "selected": sel,
         "bpfkit": ours,
@@ -557,10 +527,10 @@ def show(name: str) -> dict:
 
     validate_name(name)
     names = available()
-    builtin = builtin_sources()
+    reference = registry.references().get(name)
     rec = _read_record(name)
     pinned = link_pin(name).exists()
-    if name not in names and not pinned and name not in builtin:
+    if name not in names and not pinned and reference is None:
         raise UsageError(f"no scheduler {name!r}: not registered, not loaded by bpfkit, not built in",
                          hint=f"available: {', '.join(names)}")
     out: dict = {
@@ -568,18 +538,17 @@ def show(name: str) -> dict:
         "registered": name in names,
         "loaded_by_bpfkit": pinned,
         "pin": str(link_pin(name)) if pinned else None,
-        "source": rec.source if rec else (str(builtin[name]) if name in builtin else None),
+        "source": rec.source if rec else (str(reference.source) if reference else None),
         "selected_in": [ns for ns, sel in selections().items() if sel == name],
     }
+    if reference:
+        out.update(title=reference.title, paper=reference.paper)
     if name == DEFAULT:
         out["source"] = "in-kernel (net/mptcp/protocol.c)"
     if rec:
         live = {p: i for p, i in rec.program_ids.items() if libbpf.program_info_by_id(i) is not None}
         out.update(object=rec.object, object_sha256=rec.object_sha256, ops_map=rec.ops_map, flags=rec.flags,
                    program_ids=live, loaded_at=rec.loaded_at)
-    elif name in builtin:
-        m = pick_ops_map(builtin[name], ops_maps(builtin[name].read_text()))
-        out["flags"] = ["redundant"] if m.redundant else []
     if pinned:
         out["link_id"], out["map_id"] = _link_ids(name)
     return out
@@ -589,7 +558,7 @@ def format_list(data: dict) -> str:
     lines = ["built-in (bpf/sched/):"]
     for b in data["builtin"]:
         state = "loaded by bpfkit" if b["loaded_by_bpfkit"] else ("registered" if b["registered"] else "not loaded")
-        lines.append(f"  {b['name']:<16} {state:<17} {b['source']}")
+        lines.append(f"  {b['name']:<16} {state:<17} {b['title']}")
     lines.append(f"registered (net.mptcp.available_schedulers): {' '.join(data['available'])}")
     lines.append(f"loaded by bpfkit (pinned under {PIN_DIR}): {' '.join(data['bpfkit']) or 'none'}")
     lines.append(f"registered by other loaders (not bpfkit's): {' '.join(data['other_loaders']) or 'none'}")
@@ -600,7 +569,7 @@ def format_list(data: dict) -> str:
 
 
 def format_show(info: dict) -> str:
-    order = ["name", "registered", "loaded_by_bpfkit", "source", "object", "object_sha256", "ops_map", "flags",
+    order = ["name", "title", "paper", "registered", "loaded_by_bpfkit", "source", "object", "object_sha256", "ops_map", "flags",
              "program_ids", "link_id", "map_id", "pin", "loaded_at", "selected_in"]
     lines = []
     for key in order:

@@ -20,17 +20,16 @@ import re
 import tempfile
 from pathlib import Path
 
-from bpfkit import sched_name
 from bpfkit.errors import BpfkitError, UsageError
 from bpfkit.paths import BPF_DIR, TEMPLATES_DIR
+from bpfkit.sched import registry
 
-SCHED_DIR = BPF_DIR / "sched"
 TEMPLATE_DIR = TEMPLATES_DIR / "sched"
 AVAILABLE_SCHEDULERS = Path("/proc/sys/net/mptcp/available_schedulers")
 MINIMAL = "minimal"
-REFERENCE_ORIGINS = sched_name.reference_names()
+REFERENCE_ORIGINS = registry.reference_names()
 ORIGINS = (MINIMAL, *REFERENCE_ORIGINS)
-NAME_MAX = sched_name.NAME_MAX
+NAME_MAX = registry.NAME_MAX
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -56,13 +55,6 @@ class ScaffoldError(BpfkitError):
 # ---------------------------------------------------------------- names
 
 
-def reference_sources() -> dict[str, Path]:
-    """The reference schedulers shipped in bpf/sched/, by file stem."""
-    if not SCHED_DIR.is_dir():
-        return {}
-    return {p.name.removesuffix(".bpf.c"): p for p in sorted(SCHED_DIR.glob("*.bpf.c"))}
-
-
 _OPS_NAME_RE = re.compile(r'\.name\s*=\s*"([^"\\]*)"')
 
 
@@ -73,13 +65,7 @@ def registered_names(source_text: str) -> list[str]:
 
 def existing_scheduler_names(available_file: Path = AVAILABLE_SCHEDULERS) -> set[str]:
     """Every name a new scheduler must not take."""
-    names = {"default", *REFERENCE_ORIGINS}
-    for stem, path in reference_sources().items():
-        names.add(stem)
-        try:
-            names.update(registered_names(path.read_text()))
-        except OSError:
-            pass
+    names = {registry.DEFAULT, *registry.reference_names()}  # bpf/sched/X.bpf.c registers X
     try:
         names.update(available_file.read_text().split())
     except OSError:
@@ -90,8 +76,8 @@ def existing_scheduler_names(available_file: Path = AVAILABLE_SCHEDULERS) -> set
 def validate_name(name: str, existing: set[str] | None = None) -> str:
     """NAME as given, or UsageError saying what is wrong with it."""
     if not (isinstance(name, str) and 0 < len(name) <= NAME_MAX):
-        sched_name.check(name)  # raises: empty, too long or not a string
-    # stricter than sched_name's rule: the name also becomes the C identifier of the ops map
+        registry.check(name)  # raises: empty, too long or not a string
+    # stricter than the registry's rule: the name also becomes the C identifier of the ops map
     if not _NAME_RE.fullmatch(name):
         raise UsageError(f"scheduler name {name!r}: use lower-case letters, digits and '_', starting with a letter",
                          hint="it becomes a C identifier and the net.mptcp.scheduler value, e.g. my_sched")
@@ -165,12 +151,12 @@ def _inline_sibling_headers(text: str, directory: Path) -> str:
 
 def derive_body(origin: str, new: str) -> str:
     """The reference scheduler bpf/sched/<origin>.bpf.c renamed to `new`."""
-    sources = reference_sources()
-    if origin not in sources:
+    references = registry.references()
+    if origin not in references:
         raise ScaffoldError(f"reference scheduler bpf/sched/{origin}.bpf.c is not there",
-                            hint=f"available: {', '.join([MINIMAL, *sources]) }")
-    path = sources[origin]
-    text = path.read_text()
+                            hint=f"available: {', '.join([MINIMAL, *references])}")
+    path = references[origin].source
+    text = registry.strip_metadata(path.read_text())  # the copy is the user's, not a reference scheduler
     ops_names = registered_names(text)
     if len(set(ops_names)) != 1:
         raise ScaffoldError(f"{path}: expected one struct_ops .name, found {ops_names or 'none'}")
