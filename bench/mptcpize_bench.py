@@ -9,7 +9,7 @@ socket()+close() in a C loop, ns per operation, for:
   tcp_outside_hook             TCP socket() outside the selected cgroups while the hook is
                                attached (what every other process on the machine pays)
   mptcp_direct_hook_attached   IPPROTO_MPTCP while the hook is attached
-plus the latency of mptcpize.attach() (first: load + fill + attach + pin; a
+plus the latency of rewrite.attach() (first: load + fill + attach + pin; a
 second cgroup: reopen the pins + one map update). Targets (reported, not
 asserted): tcp_rewritten <= 1.05 x mptcp_direct, first attach <= 50 ms.
 
@@ -212,14 +212,14 @@ def program_runtime(workers: dict, selected: Path, batch: int) -> dict:
     rewrite path and on the path of a process outside the selected cgroups.
     Short, kernel-timed spans: far less exposed to host noise than the loops.
     Excludes the fmod_ret trampoline itself."""
-    from bpfkit import mptcpize
+    from bpfkit.mptcpize import rewrite
 
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     previous = stats.read_text().strip()
-    mptcpize.attach(selected)
+    rewrite.attach(selected)
     stats.write_text("1")
     try:
-        prog_id = mptcpize.status()["program_id"]
+        prog_id = rewrite.status()["program_id"]
         out = {}
         for path, worker in (("rewrite_path", "selected"), ("outside_path", "tcp")):
             time0, count0 = _program_stats(prog_id)
@@ -230,16 +230,17 @@ def program_runtime(workers: dict, selected: Path, batch: int) -> dict:
         return out
     finally:
         stats.write_text(previous)
-        mptcpize.detach_all()
+        rewrite.detach_all()
 
 
 def guest_main(args) -> int:
-    from bpfkit import cgroup, mptcpize
+    from bpfkit import cgroup
+    from bpfkit.mptcpize import rewrite
 
     binary = Path(args.binary)
     preload = next((p for p in LD_PRELOAD_CANDIDATES if Path(p).exists()), None)
     no_program = {k: v for k, v in NO_PROGRAM.items() if preload or k != "ld_preload"}
-    mptcpize.detach_all()
+    rewrite.detach_all()
     # variant -> per-round (ns per op, ns per op / reference ns per op of that round)
     raw: dict[str, list[float]] = {k: [] for k in [*no_program, *HOOKED]}
     normalised: dict[str, list[float]] = {k: [] for k in [*no_program, *HOOKED]}
@@ -268,26 +269,26 @@ def guest_main(args) -> int:
         try:
             for worker in workers.values():  # warm up: page in, first-call costs
                 worker.batch(args.batch)
-            mptcpize.attach(selected)  # warm up: imports, libbpf, compiled-object cache
-            mptcpize.detach_all()
+            rewrite.attach(selected)  # warm up: imports, libbpf, compiled-object cache
+            rewrite.detach_all()
             for _ in range(args.phases):
                 phase(no_program)
-                mptcpize.attach(selected)
+                rewrite.attach(selected)
                 try:
                     phase(HOOKED)
                 finally:
-                    mptcpize.detach_all()
+                    rewrite.detach_all()
             program_ns = program_runtime(workers, selected, args.batch)
             for _ in range(ATTACH_SAMPLES):
                 t0 = time.perf_counter()
-                mptcpize.attach(selected)
+                rewrite.attach(selected)
                 t1 = time.perf_counter()
-                mptcpize.attach(second)
+                rewrite.attach(second)
                 attach_ms["first"].append((t1 - t0) * 1e3)
                 attach_ms["add_cgroup"].append((time.perf_counter() - t1) * 1e3)
-                mptcpize.detach_all()
+                rewrite.detach_all()
         finally:
-            mptcpize.detach_all()
+            rewrite.detach_all()
             for worker in workers.values():
                 worker.close()
 

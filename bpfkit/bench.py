@@ -342,7 +342,7 @@ class _Registrations:
 
 def guest(plan_path: Path) -> int:
     """Inside the VM: register, measure every scenario of the plan, unregister."""
-    from bpfkit.lab.scenario import load_scenario, with_schedulers
+    from bpfkit.lab.scenario import Scenario, with_schedulers
 
     plan = json.loads(plan_path.read_text())
     out = Path(plan["out"])
@@ -359,15 +359,15 @@ def guest(plan_path: Path) -> int:
                   + ("" if error is None else f": {error}"), flush=True)
         registered = {DEFAULT} | {n for n, s in status["loaded"].items() if s["ok"]}
         for item in plan["scenarios"]:
-            schedulers = [s for s in item["schedulers"] if s in registered]
+            wanted = item["scenario"]["schedulers"]
+            schedulers = [s for s in wanted if s in registered]
             status["scenarios"][item["name"]] = _measure(
-                item, out, lambda: with_schedulers(load_scenario(item["file"]), schedulers),
-                repetitions=item["repetitions"], label=", ".join(schedulers),
-                skipped=[s for s in item["schedulers"] if s not in registered])
+                item["name"], out, lambda: with_schedulers(Scenario.from_dict(item["scenario"]), schedulers),
+                label=", ".join(schedulers), skipped=[s for s in wanted if s not in registered])
         for item in plan.get("alone", []):
             status["scenarios"][item["name"]] = _measure(
-                item, out, lambda: load_scenario(item["file"]).alone(item["path"]),
-                repetitions=1, label="default (reference)", skipped=[])
+                item["name"], out, lambda: Scenario.from_dict(item["scenario"]), label="default (reference)",
+                skipped=[])
     finally:
         for name, loaded in status["loaded"].items():
             if loaded["ok"]:
@@ -377,19 +377,16 @@ def guest(plan_path: Path) -> int:
     return 0
 
 
-def _measure(item: dict, out: Path, make_scenario: Callable[[], Scenario], *, repetitions: int, label: str, skipped: list[str]) -> dict:
+def _measure(name: str, out: Path, make_scenario: Callable[[], Scenario], *, label: str, skipped: list[str]) -> dict:
     """Run one plan entry (a scenario, or a path of one alone) through the lab
     and write its results to OUT/<name>/; returns its guest.json status entry.
     A scenario that cannot run is reported there and the bench goes on."""
     from bpfkit.lab import runner
 
-    name = item["name"]
     entry = {"schedulers": [], "skipped": skipped}
     t0 = time.monotonic()
     try:
-        scenario = dataclasses.replace(make_scenario(), repetitions=repetitions)
-        if item["scale"] != 1.0:
-            scenario = scenario.scaled(item["scale"])
+        scenario = make_scenario()
         entry["schedulers"] = list(scenario.schedulers)
         print(f"bench: {name}: {label}", flush=True)
         doc = runner.run_scenario(scenario, on_run_done=lambda run: _print_run(name, run))
@@ -466,16 +463,22 @@ def _remove_previous_outputs(out: Path) -> None:
 
 
 def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...]) -> dict:
+    """What the guest measures, each scenario resolved here (file, length, repetitions,
+    schedulers; Scenario.to_dict()), as `lab run --vm` hands its scenario over."""
+    from bpfkit.lab.scenario import load_scenario, with_schedulers
+
     scenarios, alone = [], []
     for item in plan_for(quick):
         file = scenario_file(item.name)
         if not file.exists():
             raise UsageError(f"bench scenario {file} is missing")
-        scenarios.append({"name": item.name, "file": str(file), "scale": item.scale, "repetitions": item.repetitions,
-                          "schedulers": [s for s in item.schedulers if s in schedulers], "purpose": item.purpose})
+        base = load_scenario(file).scaled(item.scale)
+        chosen = [s for s in item.schedulers if s in schedulers]
+        scenario = dataclasses.replace(with_schedulers(base, chosen), repetitions=item.repetitions)
+        scenarios.append({"name": item.name, "scenario": scenario.to_dict(), "purpose": item.purpose})
         for path in ALONE.get(item.name, ()):
-            alone.append({"name": alone_name(item.name, path), "scenario": item.name, "path": path,
-                          "file": str(file), "scale": item.scale})
+            alone.append({"name": alone_name(item.name, path), "of": item.name, "path": path,
+                          "scenario": dataclasses.replace(base.alone(path), repetitions=1).to_dict()})
     return {"format": BENCH_FORMAT, "quick": quick, "out": str(out),
             "bpf_schedulers": [s for s in schedulers if s != DEFAULT], "scenarios": scenarios, "alone": alone}
 
@@ -484,14 +487,13 @@ def vm_timeout(plan: dict) -> float:
     """A bound for failures: every run at its scenario timeout plus set-up."""
     from bpfkit.kernel.vm import BOOT_MARGIN_S
     from bpfkit.lab.runner import GUEST_PER_RUN_MARGIN_S
-    from bpfkit.lab.scenario import load_scenario
+    from bpfkit.lab.scenario import Scenario
 
     total = BOOT_MARGIN_S + 120 * len(plan["bpf_schedulers"])  # a registration: ~11 s under TCG, 120 is the bound
-    for item in plan["scenarios"]:
-        scenario = load_scenario(item["file"]).scaled(item["scale"])
-        total += len(item["schedulers"]) * (scenario.effective_timeout_s + GUEST_PER_RUN_MARGIN_S)
-    for item in plan.get("alone", []):
-        total += load_scenario(item["file"]).scaled(item["scale"]).effective_timeout_s + GUEST_PER_RUN_MARGIN_S
+    for item in [*plan["scenarios"], *plan.get("alone", [])]:
+        scenario = Scenario.from_dict(item["scenario"])
+        runs = len(scenario.schedulers) * scenario.repetitions
+        total += runs * (scenario.effective_timeout_s + GUEST_PER_RUN_MARGIN_S)
     return total
 
 
@@ -541,7 +543,7 @@ def collect(out: Path, plan: dict, built: dict, vm_info: dict | None, elapsed_fr
     for item in plan.get("alone", []):
         directory = out / item["name"]
         if (directory / "results.json").exists():
-            alone.setdefault(item["scenario"], {})[item["path"]] = runner.load_results(directory)
+            alone.setdefault(item["of"], {})[item["path"]] = runner.load_results(directory)
             files.append(directory / "results.json")
 
     results = {

@@ -255,20 +255,22 @@ def mptcpize_cgroup():
     if os.geteuid() != 0:
         pytest.skip("mptcpize_cgroup needs root")
     require_kernel_features("cgroup2", "mptcp", "fmod_ret_update_socket_protocol")
-    from bpfkit import cgroup, mptcpize
+    from bpfkit import cgroup
+    from bpfkit.mptcpize import rewrite
 
     with cgroup.temporary("bpfkit-pytest-mptcpize-") as path:
-        mptcpize.attach(path)
+        rewrite.attach(path)
         try:
             yield PolicyCgroup(path, cgroup.cgroup_id(path))
         finally:
             _stop_members(path)
-            mptcpize.detach(path)
+            rewrite.detach(path)
 
 
 @pytest.fixture
 def subflow_policy():
-    from bpfkit import cgroup, subflow
+    from bpfkit import cgroup
+    from bpfkit.subflow import sockops
 
     stack = []
 
@@ -288,7 +290,7 @@ def subflow_policy():
         manager = cgroup.temporary("bpfkit-pytest-subflow-")
         path = manager.__enter__()
         stack.append(("cgroup", (manager, path)))
-        subflow.apply(policy, path, netns=netns)
+        sockops.apply(policy, path, netns=netns)
         stack.append(("policy", path))
         return PolicyCgroup(path, cgroup.cgroup_id(path))
 
@@ -299,7 +301,7 @@ def subflow_policy():
         try:
             if kind == "policy":
                 _stop_members(value)
-                subflow.clear(value)
+                sockops.clear(value)
             elif kind == "cgroup":
                 manager, _path = value
                 manager.__exit__(None, None, None)

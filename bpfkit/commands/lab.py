@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bpfkit import fs
 from bpfkit.errors import UsageError
 from bpfkit.lab import report, runner
 from bpfkit.lab.scenario import Scenario, load_scenario, with_schedulers
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
         help="run a scenario for each scheduler; write results.json, report.md and plots",
         description="Exit status: 0 all runs passed (every byte verified), 1 some run failed, 2 bad input.",
     )
-    r.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenario TOML file (see scenarios/README.md)")
+    r.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenario TOML file (see scenarios/README.md), or a resolved one (.json: Scenario.to_dict())")
     r.add_argument("--schedulers", metavar="A,B", help="comma-separated schedulers, overriding the scenario's list")
     where = r.add_mutually_exclusive_group()
     where.add_argument("--vm", dest="where", action="store_const", const="vm", help="measure inside the bpfkit VM (default if a non-default scheduler is used)")
@@ -161,13 +162,15 @@ def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool
 def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
     from bpfkit.kernel import vm
 
-    command = [sys.executable, "-m", "bpfkit", "lab", "run", str(args.scenario.resolve()), "--host", "--no-report", "--out", str(out)]
-    command += ["--schedulers", ",".join(scenario.schedulers), "--repetitions", str(scenario.repetitions), "--seed", str(scenario.seed)]
-    command += ["--shaping", args.shaping]
+    # The guest gets the scenario resolved here (flags applied), as the bench's plan gives
+    # it its scenarios: one description of what to measure, read by Scenario.from_dict.
+    out.mkdir(parents=True, exist_ok=True)
+    job = out / "scenario.json"
+    fs.atomic_write(job, json.dumps(scenario.to_dict(), indent=1))
+    command = [sys.executable, "-m", "bpfkit", "lab", "run", str(job), "--host", "--no-report", "--out", str(out),
+               "--shaping", args.shaping]
     if args.trace:
         command.append("--trace")
-    if args.duration_scale != 1.0:
-        command += ["--duration-scale", repr(args.duration_scale)]
     runs = len(scenario.schedulers) * scenario.repetitions
     timeout = args.vm_timeout or runs * (scenario.effective_timeout_s + runner.GUEST_PER_RUN_MARGIN_S) + vm.BOOT_MARGIN_S
     console.print(f"measuring in the bpfkit VM ({runs} runs); results in {out}", highlight=False)

@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bpfkit import cgroup, mptcpize
+from bpfkit import cgroup
+from bpfkit.mptcpize import rewrite, systemd
 from bpfkit.errors import UsageError
 
 
@@ -83,38 +84,38 @@ def _root(p) -> None:
 
 
 def _resolve_target(args):
-    return mptcpize.unit_cgroup(args.unit) if args.unit else mptcpize.target_cgroup(args.cgroup)
+    return systemd.unit_cgroup(args.unit) if args.unit else rewrite.target_cgroup(args.cgroup)
 
 
 def handle_attach(args) -> int:
-    options = mptcpize.Options.of(args.family, args.exclude)
+    options = rewrite.Options.of(args.family, args.exclude)
     if args.persist and args.unit:
         raise UsageError("--persist is for --cgroup: a unit gets a new cgroup at each start",
                          hint=f"bpfkit mptcpize enable {args.unit}")
-    result = mptcpize.attach(_resolve_target(args), options)
+    result = rewrite.attach(_resolve_target(args), options)
     if result.already:
         print(f"{result.cgroup} is already attached (cgroup id {result.cgroup_id})")
     else:
         print(f"attached {result.cgroup} (cgroup id {result.cgroup_id}): its TCP sockets now become MPTCP")
     if result.created:
-        print(f"loaded program id {result.program_id}, link id {result.link_id}, pinned in {mptcpize.PIN_DIR}")
+        print(f"loaded program id {result.program_id}, link id {result.link_id}, pinned in {rewrite.PIN_DIR}")
     if args.persist:
-        print(f"recorded in {mptcpize.persist(result.cgroup, options, args.root)} (restored at boot by "
-              f"{mptcpize.BOOT_SERVICE})")
+        print(f"recorded in {systemd.persist(result.cgroup, options, args.root)} (restored at boot by "
+              f"{systemd.BOOT_SERVICE})")
     return 0
 
 
 def handle_detach(args) -> int:
     if args.all:
-        existed = mptcpize.detach_all()
-        forgotten = mptcpize.forget_all(args.root)
+        existed = rewrite.detach_all()
+        forgotten = systemd.forget_all(args.root)
         print("removed the mptcpize program and pins" if existed else "nothing was attached")
         if forgotten:
-            print(f"removed {forgotten} attachment(s) from the boot state ({args.root / mptcpize.STATE_FILE})")
+            print(f"removed {forgotten} attachment(s) from the boot state ({args.root / systemd.STATE_FILE})")
         return 0
-    cg = mptcpize.unit_cgroup(args.unit) if args.unit else cgroup.resolve(args.cgroup)
-    result = mptcpize.detach(cg)
-    forgotten = mptcpize.forget(cg, args.root)
+    cg = systemd.unit_cgroup(args.unit) if args.unit else cgroup.resolve(args.cgroup)
+    result = rewrite.detach(cg)
+    forgotten = systemd.forget(cg, args.root)
     if not result.was_attached:
         print(f"{cg} was not attached" + (" (removed from the boot state)" if forgotten else ""))
         return 0
@@ -125,7 +126,7 @@ def handle_detach(args) -> int:
 
 
 def handle_status(args) -> int:
-    info = mptcpize.status(root=args.root)
+    info = {**rewrite.status(), "persistent": systemd.load_state(args.root)}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -147,11 +148,11 @@ def handle_status(args) -> int:
 
 def handle_run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    return mptcpize.run(command, mptcpize.Options.of(args.family, args.exclude))
+    return rewrite.run(command, rewrite.Options.of(args.family, args.exclude))
 
 
 def handle_enable(args) -> int:
-    result = mptcpize.enable(args.unit, mptcpize.Options.of(args.family, args.exclude), root=args.root, now=args.now)
+    result = systemd.enable(args.unit, rewrite.Options.of(args.family, args.exclude), root=args.root, now=args.now)
     print(f"wrote {result.dropin}: {result.unit} is attached at each start")
     for note in result.notes:
         print(f"note: {note}")
@@ -163,7 +164,7 @@ def handle_enable(args) -> int:
 
 
 def handle_disable(args) -> int:
-    path, existed, detached = mptcpize.disable(args.unit, root=args.root, now=args.now)
+    path, existed, detached = systemd.disable(args.unit, root=args.root, now=args.now)
     print(f"removed {path}" if existed else f"{path} did not exist")
     if detached and detached.was_attached:
         print("detached the running unit's cgroup")
@@ -171,7 +172,7 @@ def handle_disable(args) -> int:
 
 
 def handle_restore(args) -> int:
-    attached, skipped = mptcpize.restore(args.root)
+    attached, skipped = systemd.restore(args.root)
     for relative in attached:
         print(f"attached {relative}")
     for reason in skipped:

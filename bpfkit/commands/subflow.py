@@ -3,8 +3,8 @@
 import json
 import sys
 
-from bpfkit import subflow
-from bpfkit import subflow_policy as sp
+from bpfkit.subflow import sockops
+from bpfkit.subflow import policy as sp
 
 
 def register(subparsers) -> None:
@@ -43,7 +43,7 @@ def _warn(warnings) -> None:
 
 
 def handle_apply(args) -> int:
-    result = subflow.apply(args.policy, args.cgroup, netns=args.netns)
+    result = sockops.apply(args.policy, args.cgroup, netns=args.netns)
     _warn(result.warnings)
     verb = "attached" if result.attached else "replaced the rules of"
     print(f"{verb} subflow policy on {result.cgroup} (cgroup id {result.cgroup_id}): {result.rules} rule(s), "
@@ -64,20 +64,20 @@ def handle_check(args) -> int:
 
 
 def handle_show(args) -> int:
-    policies = subflow.show(args.cgroup)
+    policies = sockops.show(args.cgroup)
     if args.json:
         print(json.dumps({"policies": policies}, indent=2))
     else:
-        print(subflow.format_policies(policies))
+        print(sockops.format_policies(policies))
     return 0
 
 
 def handle_clear(args) -> int:
     if args.all:
-        cleared = subflow.clear_all()
+        cleared = sockops.clear_all()
         print(f"cleared {len(cleared)} subflow polic{'y' if len(cleared) == 1 else 'ies'}")
         return 0
-    if subflow.clear(args.cgroup):
+    if sockops.clear(args.cgroup):
         print(f"cleared the subflow policy of {args.cgroup}")
     else:  # already in the state asked for: not an error, so scripts can clear blindly
         print(f"no subflow policy on {args.cgroup}: nothing to clear")

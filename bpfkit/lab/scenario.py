@@ -8,6 +8,7 @@ problem and raises one UsageError naming the file and the key path
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -143,6 +144,23 @@ class Scenario:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "traffic": self.traffic.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> Scenario:
+        """The scenario a to_dict() describes: how a resolved scenario reaches a guest
+        (`lab run --vm`, the bench's plan), and what results.json's `scenario` holds.
+        Names and values were checked when the scenario was first parsed; a document
+        that is not such a dict is one UsageError."""
+        try:
+            return cls(**{
+                **data,
+                "schedulers": tuple(validate_scheduler_name(s, "schedulers", source) for s in data["schedulers"]),
+                "paths": tuple(PathSpec(**p) for p in data["paths"]),
+                "traffic": traffic_models.from_dict(data["traffic"]),
+                "events": tuple(Event(**e) for e in data.get("events", ())),
+            })
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise UsageError(f"{source}: not a resolved scenario (Scenario.to_dict()): {exc!r}") from None
 
 
 
@@ -316,7 +334,8 @@ def _parse_events(c: Checker, data, duration: float, paths: dict[str, PathSpec])
 
 
 def load_scenario(path: str | FilePath) -> Scenario:
-    """Read and validate a TOML scenario file."""
+    """Read and validate a TOML scenario file, or read a resolved one (`.json`:
+    Scenario.to_dict(), as `lab run --vm` hands a scenario to the guest)."""
     file = FilePath(path)
     try:
         text = file.read_text()
@@ -324,6 +343,14 @@ def load_scenario(path: str | FilePath) -> Scenario:
         raise UsageError(f"cannot read scenario {file}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
+    if file.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{file}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{file}: not a resolved scenario (a JSON object)")
+        return Scenario.from_dict(data, source=str(file))
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import cgroup, cli, mptcp_sockopt, mptcpize
+from bpfkit import cgroup, cli, mptcp_sockopt
+from bpfkit.mptcpize import rewrite, systemd
 from bpfkit.loader import libbpf
 from bpfkit.errors import UsageError
 
@@ -131,8 +132,8 @@ def mptcpify_programs() -> list[dict]:
 
 
 def assert_nothing_attached() -> None:
-    assert not mptcpize.LINK_PIN.exists()
-    assert not mptcpize.PIN_DIR.exists(), sorted(p.name for p in mptcpize.PIN_DIR.iterdir())
+    assert not rewrite.LINK_PIN.exists()
+    assert not rewrite.PIN_DIR.exists(), sorted(p.name for p in rewrite.PIN_DIR.iterdir())
     deadline = time.monotonic() + 10  # links/programs are freed asynchronously after their last fd closes
     while mptcpify_programs() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -140,7 +141,7 @@ def assert_nothing_attached() -> None:
 
 
 def cgroup_status(cg: Path) -> dict | None:
-    for entry in mptcpize.status()["cgroups"]:
+    for entry in rewrite.status()["cgroups"]:
         if entry["id"] == cgroup.cgroup_id(cg):
             return entry
     return None
@@ -149,9 +150,9 @@ def cgroup_status(cg: Path) -> dict | None:
 @pytest.fixture
 def clean():
     """No mptcpize state before or after the test, even if it fails."""
-    mptcpize.detach_all()
+    rewrite.detach_all()
     yield
-    mptcpize.detach_all()
+    rewrite.detach_all()
     assert_nothing_attached()
 
 
@@ -163,7 +164,7 @@ def cg(clean):
 
 @pytest.fixture
 def attached(cg):
-    mptcpize.attach(cg)
+    rewrite.attach(cg)
     return cg
 
 
@@ -201,7 +202,7 @@ def test_child_cgroup_inherits(attached):
 def test_deepest_selected_cgroup_decides(attached):
     child = attached / "inet6-only"
     child.mkdir()
-    mptcpize.attach(child, mptcpize.Options.of("inet6"))
+    rewrite.attach(child, rewrite.Options.of("inet6"))
     assert protocol_in(child, socket.AF_INET) == socket.IPPROTO_TCP
     assert protocol_in(child, socket.AF_INET6) == IPPROTO_MPTCP
     assert protocol_in(attached, socket.AF_INET) == IPPROTO_MPTCP
@@ -215,7 +216,7 @@ def test_ipv6(attached):
 
 
 def test_family_filter(cg):
-    mptcpize.attach(cg, mptcpize.Options.of("inet"))
+    rewrite.attach(cg, rewrite.Options.of("inet"))
     assert protocol_in(cg, socket.AF_INET) == IPPROTO_MPTCP
     assert protocol_in(cg, socket.AF_INET6) == socket.IPPROTO_TCP
 
@@ -270,7 +271,7 @@ def test_static_binary_is_rewritten(attached):
 
 
 def test_exclusion_by_executable_name(cg):
-    mptcpize.attach(cg, mptcpize.Options.of(exclude=["busybox"]))
+    rewrite.attach(cg, rewrite.Options.of(exclude=["busybox"]))
     with mptcp_server() as srv:
         host, port = srv.getsockname()[:2]
         client = subprocess.Popen([BUSYBOX, "nc", host, str(port)], stdin=subprocess.PIPE,
@@ -298,7 +299,7 @@ def test_cli_attach_survives_exit_and_detach_restores_tcp(cg, capsys):
     code, stdout, _ = run_cli(capsys, "status", "--json")
     info = json.loads(stdout)
     assert info["attached"] and info["program_id"] and info["link_id"]
-    assert info["pins"]["link"] == str(mptcpize.LINK_PIN)
+    assert info["pins"]["link"] == str(rewrite.LINK_PIN)
     assert [c["path"] for c in info["cgroups"]] == [str(cg)]
     assert info["cgroups"][0]["rewrites"] == 1
     assert [p["id"] for p in mptcpify_programs()] == [info["program_id"]]
@@ -314,10 +315,10 @@ def test_cli_attach_survives_exit_and_detach_restores_tcp(cg, capsys):
 def test_attach_twice_is_idempotent(cg, capsys):
     assert run_cli(capsys, "attach", "--cgroup", str(cg))[0] == 0
     protocol_in(cg)
-    before = mptcpize.status()
+    before = rewrite.status()
     code, stdout, _ = run_cli(capsys, "attach", "--cgroup", str(cg))
     assert code == 0 and "already attached" in stdout
-    after = mptcpize.status()
+    after = rewrite.status()
     assert after == before  # same program, link, cgroups, and the count is kept
     assert after["cgroups"][0]["rewrites"] == 1
     assert len(mptcpify_programs()) == 1
@@ -327,23 +328,23 @@ def test_attach_twice_is_idempotent(cg, capsys):
 
 def test_several_cgroups_one_program(cg):
     with cgroup.temporary("bpfkit-test-mptcpize-b-") as other:
-        mptcpize.attach(cg)
-        second = mptcpize.attach(other)
+        rewrite.attach(cg)
+        second = rewrite.attach(other)
         assert not second.created
         assert len(mptcpify_programs()) == 1
         assert protocol_in(other) == IPPROTO_MPTCP
-        assert not mptcpize.detach(cg).removed_program
+        assert not rewrite.detach(cg).removed_program
         assert protocol_in(cg) == socket.IPPROTO_TCP
         assert protocol_in(other) == IPPROTO_MPTCP
-        assert mptcpize.detach(other).removed_program
+        assert rewrite.detach(other).removed_program
     assert_nothing_attached()
 
 
 def test_removed_cgroup_is_collected(clean):
     with cgroup.temporary("bpfkit-test-mptcpize-gone-") as gone:
-        mptcpize.attach(gone)
+        rewrite.attach(gone)
         gone_id = cgroup.cgroup_id(gone)
-    info = mptcpize.status()
+    info = rewrite.status()
     assert info["collected_stale_cgroup_ids"] == [gone_id]
     assert not info["attached"]
     assert_nothing_attached()
@@ -370,7 +371,7 @@ def test_killed_run_leaves_its_cgroup_to_the_next_command(clean):
     try:
         deadline = time.monotonic() + 120
         while True:
-            runs = list(cgroup.cgroup2_root().glob(f"{mptcpize.RUN_CGROUP_PREFIX}{proc.pid}-*"))
+            runs = list(cgroup.cgroup2_root().glob(f"{rewrite.RUN_CGROUP_PREFIX}{proc.pid}-*"))
             if runs and (runs[0] / "cgroup.procs").read_text().strip() and cgroup_status(runs[0]):
                 break
             assert proc.poll() is None and time.monotonic() < deadline, "mptcpize run did not start its command"
@@ -378,13 +379,13 @@ def test_killed_run_leaves_its_cgroup_to_the_next_command(clean):
         [run_cg] = runs
         proc.kill()  # bpfkit alone first: its command still runs, so the cgroup must stay
         proc.wait()
-        assert mptcpize.status()["cgroups"] and run_cg.exists() and cgroup_status(run_cg)
+        assert rewrite.status()["cgroups"] and run_cg.exists() and cgroup_status(run_cg)
         os.killpg(proc.pid, signal.SIGKILL)  # then the command
         end = time.monotonic() + 10
         while "populated 1" in (run_cg / "cgroup.events").read_text():
             assert time.monotonic() < end
             time.sleep(0.1)
-        assert not mptcpize.status()["cgroups"]  # collected by the next command
+        assert not rewrite.status()["cgroups"]  # collected by the next command
         assert not run_cg.exists()
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -407,7 +408,7 @@ def _fake_systemctl(tmp_path: Path, props: dict) -> str:
 
 def test_attach_by_unit(cg, tmp_path, monkeypatch, capsys):
     relative = "/" + str(cg.relative_to(cgroup.cgroup2_root()))
-    monkeypatch.setattr(mptcpize, "SYSTEMCTL", _fake_systemctl(
+    monkeypatch.setattr(systemd, "SYSTEMCTL", _fake_systemctl(
         tmp_path, {"LoadState": "loaded", "ActiveState": "active", "ControlGroup": relative}))
     assert cli.main(["mptcpize", "attach", "--unit", "demo.service"]) == 0
     assert protocol_in(cg) == IPPROTO_MPTCP
@@ -416,22 +417,22 @@ def test_attach_by_unit(cg, tmp_path, monkeypatch, capsys):
 
 
 def test_persist_and_restore(cg, tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: "/usr/local/bin/bpfkit")
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: "/usr/local/bin/bpfkit")
     assert cli.main(["mptcpize", "attach", "--cgroup", str(cg), "--persist", "--exclude", "sshd",
                      "--root", str(tmp_path)]) == 0
     assert (tmp_path / "etc/systemd/system/bpfkit-mptcpize.service").exists()
-    mptcpize.detach(cg)  # as after a reboot: nothing attached, the state file remains
+    rewrite.detach(cg)  # as after a reboot: nothing attached, the state file remains
     assert_nothing_attached()
     assert cli.main(["mptcpize", "restore", "--root", str(tmp_path)]) == 0
     assert protocol_in(cg) == IPPROTO_MPTCP
     assert cgroup_status(cg)["exclude"] == ["sshd"]
     assert cli.main(["mptcpize", "detach", "--cgroup", str(cg), "--root", str(tmp_path)]) == 0
-    assert mptcpize.load_state(tmp_path) == []
+    assert systemd.load_state(tmp_path) == []
     # detach --all forgets too: a reboot must not turn back on what was removed
     assert cli.main(["mptcpize", "attach", "--cgroup", str(cg), "--persist", "--root", str(tmp_path)]) == 0
     assert cli.main(["mptcpize", "detach", "--all", "--root", str(tmp_path)]) == 0
     assert_nothing_attached()
-    assert mptcpize.load_state(tmp_path) == [] and mptcpize.restore(tmp_path) == ([], [])
+    assert systemd.load_state(tmp_path) == [] and systemd.restore(tmp_path) == ([], [])
 
 
 # --------------------------------------------------------------------------- bad input
@@ -466,7 +467,7 @@ def test_unit_that_does_not_exist(clean, tmp_path, monkeypatch, capsys):
     # Without a stand-in: no systemd in the VM, which is said plainly.
     code, _, err = run_cli(capsys, "attach", "--unit", "nosuch.service")
     assert code == 2 and "nosuch.service" in err
-    monkeypatch.setattr(mptcpize, "SYSTEMCTL", _fake_systemctl(
+    monkeypatch.setattr(systemd, "SYSTEMCTL", _fake_systemctl(
         tmp_path, {"LoadState": "not-found", "ActiveState": "inactive", "ControlGroup": ""}))
     code, _, err = run_cli(capsys, "attach", "--unit", "nosuch.service")
     assert code == 2 and "unit nosuch.service does not exist" in err
@@ -479,7 +480,7 @@ def test_refused_where_mptcp_is_disabled(cg):
     sysctl.write_text("0")
     try:
         with pytest.raises(UsageError, match="MPTCP is disabled"):
-            mptcpize.attach(cg)
+            rewrite.attach(cg)
     finally:
         sysctl.write_text("1")
     assert_nothing_attached()
@@ -504,7 +505,7 @@ def _killed(step: str, action, *args) -> None:
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
         try:
-            os.environ[mptcpize.KILL_AT_ENV] = step
+            os.environ[rewrite.KILL_AT_ENV] = step
             action(*args)
         finally:
             os._exit(3)
@@ -513,7 +514,7 @@ def _killed(step: str, action, *args) -> None:
 
 
 def _assert_complete(cg: Path) -> None:
-    assert mptcpize.LINK_PIN.exists()
+    assert rewrite.LINK_PIN.exists()
     assert cgroup_status(cg) is not None
     assert protocol_in(cg) == IPPROTO_MPTCP
     assert len(mptcpify_programs()) == 1
@@ -521,26 +522,26 @@ def _assert_complete(cg: Path) -> None:
 
 @pytest.mark.parametrize("step", FIRST_ATTACH_STEPS)
 def test_kill_during_first_attach_leaves_nothing(cg, step):
-    _killed(step, mptcpize.attach, cg, mptcpize.Options.of(exclude=["sshd"]))
-    assert not mptcpize.LINK_PIN.exists()
+    _killed(step, rewrite.attach, cg, rewrite.Options.of(exclude=["sshd"]))
+    assert not rewrite.LINK_PIN.exists()
     assert protocol_in(cg) == socket.IPPROTO_TCP
-    assert not mptcpize.status()["attached"]  # and status collects leftover map pins
+    assert not rewrite.status()["attached"]  # and status collects leftover map pins
     assert_nothing_attached()
     # A later attach starts clean and works.
-    mptcpize.attach(cg)
+    rewrite.attach(cg)
     _assert_complete(cg)
 
 
 def test_kill_of_the_cli_process(cg):
-    out = bpfkit("attach", "--cgroup", str(cg), env={mptcpize.KILL_AT_ENV: "link-attached"})
+    out = bpfkit("attach", "--cgroup", str(cg), env={rewrite.KILL_AT_ENV: "link-attached"})
     assert out.returncode == -signal.SIGKILL, out.stderr
     assert protocol_in(cg) == socket.IPPROTO_TCP
-    assert not mptcpize.status()["attached"]
+    assert not rewrite.status()["attached"]
     assert_nothing_attached()
 
 
 def test_kill_right_after_commit_leaves_complete_attachment(cg):
-    _killed("link-pinned", mptcpize.attach, cg, mptcpize.Options.of(exclude=["sshd"]))
+    _killed("link-pinned", rewrite.attach, cg, rewrite.Options.of(exclude=["sshd"]))
     _assert_complete(cg)
     assert cgroup_status(cg)["exclude"] == ["sshd"]
 
@@ -549,8 +550,8 @@ def test_kill_right_after_commit_leaves_complete_attachment(cg):
                                             ("cgroup-selected", True)])
 def test_kill_while_adding_a_cgroup(cg, step, complete):
     with cgroup.temporary("bpfkit-test-mptcpize-add-") as second:
-        mptcpize.attach(cg)
-        _killed(step, mptcpize.attach, second, mptcpize.Options.of(exclude=["sshd"]))
+        rewrite.attach(cg)
+        _killed(step, rewrite.attach, second, rewrite.Options.of(exclude=["sshd"]))
         _assert_complete(cg)  # the existing attachment is untouched
         if complete:
             _assert_complete(second)
@@ -558,20 +559,20 @@ def test_kill_while_adding_a_cgroup(cg, step, complete):
         else:
             assert protocol_in(second) == socket.IPPROTO_TCP
             assert cgroup_status(second) is None
-            pinned = mptcpize.Pinned.open()
+            pinned = rewrite.Pinned.open()
             try:
                 assert pinned.exclusions() == {}  # orphan exclusions were collected by status
             finally:
                 pinned.close()
-        mptcpize.detach(second)
+        rewrite.detach(second)
 
 
 @pytest.mark.parametrize("step", ["locked", "cgroup-unselected", "exclusions-removed", "link-unpinned"])
 def test_kill_during_last_detach(attached, step):
-    _killed(step, mptcpize.detach, attached)
+    _killed(step, rewrite.detach, attached)
     if step == "locked":
         _assert_complete(attached)
         return
     assert protocol_in(attached) == socket.IPPROTO_TCP
-    assert not mptcpize.status()["attached"]
+    assert not rewrite.status()["attached"]
     assert_nothing_attached()

@@ -3,6 +3,7 @@ a 2-path bulk transfer fills both paths with every byte verified and per-subflow
 metrics recorded; a handover completes; request/response gives completion times;
 the CLI writes results, report and plots; unknown schedulers start nothing."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -197,3 +198,45 @@ def test_cli_end_to_end(tmp_path):
     if doc["shaping"] == "tbf":
         assert "rate-only" in (out / "report.md").read_text()
     assert time.monotonic() - started < 60
+
+
+def test_a_resolved_scenario_runs_exactly_as_given(tmp_path):
+    """`lab run --vm` hands the guest its scenario resolved (flags applied) as JSON:
+    the run measures that scenario, not the file it came from."""
+    sc = dataclasses.replace(two_path_bulk("2s").scaled(0.75), seed=7)
+    job = tmp_path / "scenario.json"
+    job.write_text(json.dumps(sc.to_dict()))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bpfkit", "lab", "run", str(job), "--host", "--no-report",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["scenario"] == sc.to_dict() and doc["runs"][0]["seed"] == 7
+    job.write_text(json.dumps({"name": "x"}))
+    bad = subprocess.run([sys.executable, "-m", "bpfkit", "lab", "run", str(job), "--host", "--out", str(out)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a resolved scenario" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_bench_guest_measures_its_plan_and_leaves_out_what_cannot_register(tmp_path):
+    """The bench's guest side, run on the host: no BPF scheduler registers here (mainline
+    has no scheduler struct_ops), so every scenario runs with default alone and says so."""
+    from bpfkit import bench
+    from bpfkit.lab.scenario import with_schedulers
+
+    sc = with_schedulers(two_path_bulk("2s"), ["default", "minrtt"])
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = {"out": str(out), "bpf_schedulers": ["minrtt"],
+            "scenarios": [{"name": "tiny", "scenario": sc.to_dict(), "purpose": "test"}],
+            "alone": [{"name": "tiny.lte-alone", "of": "tiny", "path": "lte", "scenario": sc.alone("lte").to_dict()}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert bench.guest(tmp_path / "plan.json") == 0
+    status = json.loads((out / "guest.json").read_text())
+    assert status["loaded"]["minrtt"]["ok"] is False and "cannot register BPF MPTCP schedulers" in status["loaded"]["minrtt"]["error"]
+    assert status["scenarios"]["tiny"] == {**status["scenarios"]["tiny"], "ok": True, "schedulers": ["default"],
+                                           "skipped": ["minrtt"]}
+    doc = runner.load_results(out / "tiny")
+    assert doc["scenario"]["schedulers"] == ["default"] and doc["runs"][0]["ok"], doc["runs"][0]["failures"]
+    alone = runner.load_results(out / "tiny.lte-alone")
+    assert [p["name"] for p in alone["scenario"]["paths"]] == ["lte"] and alone["runs"][0]["ok"]

@@ -188,7 +188,7 @@ def test_fmod_ret_on_this_kernel_either_works_or_says_why(test_bpf, no_leftover_
             assert s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == 262
 
 
-@pytest.mark.parametrize("module, program", [("mptcpize", "mptcpify"), ("subflow_policy", "subflow_opts")])
+@pytest.mark.parametrize("module, program", [("mptcpize.rewrite", "mptcpify"), ("subflow.policy", "subflow_opts")])
 def test_python_map_layouts_match_the_objects_btf(module, program):
     """Every Layout a pillar packs map entries with agrees with the C struct in the
     compiled object's BTF (checked again at every open; here without loading)."""

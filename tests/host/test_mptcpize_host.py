@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import cgroup, features, mptcpize
+from bpfkit import cgroup, features
+from bpfkit.mptcpize import rewrite
 from bpfkit.loader import libbpf
 
 pytestmark = pytest.mark.host
@@ -28,7 +29,7 @@ def bpfkit(*args, env=None):
 
 
 def _assert_nothing_attached():
-    assert not mptcpize.PIN_DIR.exists(), sorted(p.name for p in mptcpize.PIN_DIR.iterdir())
+    assert not rewrite.PIN_DIR.exists(), sorted(p.name for p in rewrite.PIN_DIR.iterdir())
     # By name, not "no new program ids": other work on this host loads programs concurrently.
     infos = [libbpf.program_info_by_id(i) for i in libbpf.loaded_program_ids()]
     assert not [i for i in infos if i and i["name"] in ("mptcpify", "probe_fmod_ret")]

@@ -6,7 +6,8 @@ subflow) and leaves nothing behind, even when the test fails."""
 
 import pytest
 
-from bpfkit import cgroup, doctor, subflow
+from bpfkit import cgroup, doctor
+from bpfkit.subflow import sockops
 from tests.plugin_inner import run_inner
 
 pytestmark = pytest.mark.host
@@ -75,7 +76,8 @@ def test_kernel_marker_rejects_unknown_features_and_bad_usage(tmp_path):
 
 SUBFLOW_TEST = """
     import socket, struct, sys, time
-    from bpfkit import sock_diag, subflow
+    from bpfkit import sock_diag
+    from bpfkit.subflow import sockops
 
     POLICY = '''
     [[rule]]
@@ -92,7 +94,7 @@ SUBFLOW_TEST = """
 
     def test_policy_marks_subflows(subflow_policy):
         cg = subflow_policy(text=POLICY)
-        assert [p["cgroup_id"] for p in subflow.show(cg.path)] == [cg.id]
+        assert [p["cgroup_id"] for p in sockops.show(cg.path)] == [cg.id]
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -114,7 +116,7 @@ def test_subflow_policy_fixture_applies_and_cleans_up(tmp_path, outcome):
     if not host_features()["sockops"]:
         pytest.skip("no cgroup sockops on this kernel")
     before = leftover_cgroups("bpfkit-pytest-subflow-")
-    policies_before = [p["cgroup_id"] for p in subflow.show()]
+    policies_before = [p["cgroup_id"] for p in sockops.show()]
     tail = "assert False, 'deliberate failure'" if outcome == "fails" else "pass"
     proc = run_inner(tmp_path, SUBFLOW_TEST.replace("{tail}", tail))
     expected = "1 passed" if outcome == "passes" else "1 failed"
@@ -122,4 +124,4 @@ def test_subflow_policy_fixture_applies_and_cleans_up(tmp_path, outcome):
     assert "deliberate failure" in proc.stdout or outcome == "passes"
     # after the inner session: no policy, no cgroup, no client process left
     assert leftover_cgroups("bpfkit-pytest-subflow-") == before
-    assert [p["cgroup_id"] for p in subflow.show()] == policies_before
+    assert [p["cgroup_id"] for p in sockops.show()] == policies_before

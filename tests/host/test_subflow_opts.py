@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 from pyroute2 import NetNS
 
-from bpfkit import cgroup, cli, subflow
+from bpfkit import cgroup, cli
+from bpfkit.subflow import sockops
 from bpfkit.loader import build, libbpf
-from bpfkit import subflow_policy as sp
+from bpfkit.subflow import policy as sp
 from bpfkit.errors import AttachError, UsageError
 
 from tests.subflow_lab import INITIAL_LOCAL, JOIN_LOCAL, SERVER_PORT, Ipv6Lab, TwoPathLab
@@ -45,7 +46,7 @@ def cg(no_leftover_bpf):
         try:
             yield path
         finally:
-            subflow.clear(path)
+            sockops.clear(path)
 
 
 def write_policy(tmp_path: Path, text: str, name: str = "policy.toml") -> Path:
@@ -64,16 +65,16 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 
 def rules_of(cg_path: Path) -> dict:
     """What `show --json` says about one cgroup."""
-    [policy] = subflow.show(cg_path)
+    [policy] = sockops.show(cg_path)
     return policy
 
 
 def pinned_state(cg_path: Path) -> dict:
     """Raw content of every pinned map plus the link id: to prove nothing changed."""
-    directory = subflow.pin_dir(cgroup.cgroup_id(cg_path))
+    directory = sockops.pin_dir(cgroup.cgroup_id(cg_path))
     with libbpf.Link.from_pin(directory / "link") as link:
         state: dict = {"link_id": link.info()["id"]}
-    for name in subflow.MAP_NAMES:
+    for name in sockops.MAP_NAMES:
         m = libbpf.Map.from_pin(directory / name)
         state[name] = [m.lookup(i) for i in range(m.max_entries)]
         m.close()
@@ -226,7 +227,7 @@ def test_ipv6_subflows_match_ipv6_prefixes_and_get_a_traffic_class(tmp_path, cg)
     """IPv6 subflows: prefixes compare all four words, and `tos` becomes
     IPV6_TCLASS (sock_diag INET_DIAG_TCLASS)."""
     with Ipv6Lab(cg) as lab:
-        subflow.apply(write_policy(tmp_path, f"""
+        sockops.apply(write_policy(tmp_path, f"""
             [[rule]]
             [rule.match]
             side = "active"
@@ -256,7 +257,7 @@ def test_passive_joins_completed_late_keep_their_options(tmp_path, cg):
     Which joins complete late is a race: without the re-application, 3 of 40
     joins lost their mark on the reference host."""
     with TwoPathLab(cg, busy_server=True) as lab:
-        subflow.apply(write_policy(tmp_path, """
+        sockops.apply(write_policy(tmp_path, """
             [[rule]]
             [rule.match]
             side = "passive"
@@ -277,7 +278,7 @@ def test_passive_joins_completed_late_keep_their_options(tmp_path, cg):
 
 def test_plain_tcp_is_left_alone(tmp_path, cg):
     with TwoPathLab(cg) as lab:
-        subflow.apply(write_policy(tmp_path, """
+        sockops.apply(write_policy(tmp_path, """
             [[rule]]
             [rule.set]
             mark = 0x9
@@ -300,7 +301,7 @@ def test_backup_endpoint_match(tmp_path, cg):
     `backup = true` on both sides (client: its endpoint's flag; server: the
     peer's MP_JOIN backup bit), the initial subflows do not."""
     with TwoPathLab(cg, backup=True) as lab:
-        subflow.apply(write_policy(tmp_path, """
+        sockops.apply(write_policy(tmp_path, """
             [[rule]]
             [rule.match]
             backup = true
@@ -347,7 +348,7 @@ def test_mark_steers_the_join_onto_its_own_routing_table(tmp_path, cg):
             return join_bytes, first_bytes, {i: after[i] - before[i] for i in before}
 
         # Control: no mark, so the join leaves by its source route (eth1).
-        subflow.apply(write_policy(tmp_path, """
+        sockops.apply(write_policy(tmp_path, """
             [[rule]]
             [rule.match]
             role = "join"
@@ -359,7 +360,7 @@ def test_mark_steers_the_join_onto_its_own_routing_table(tmp_path, cg):
         assert tx["eth1"] >= join_bytes
 
         # The policy marks the join: its SYN and data follow table 200 out of eth0.
-        subflow.apply(write_policy(tmp_path, """
+        sockops.apply(write_policy(tmp_path, """
             [[rule]]
             [rule.match]
             role = "join"
@@ -380,7 +381,7 @@ def test_pacing_cap_limits_that_subflows_share(tmp_path, cg):
     MPTCP_FULL_INFO; the margins also hold in a TCG-emulated VM."""
     seconds, cap = 4.0, 125_000  # bytes per second
     with TwoPathLab(cg, rate="20mbit", shaping="auto") as lab:
-        subflow.apply(write_policy(tmp_path, """
+        sockops.apply(write_policy(tmp_path, """
             [[rule]]
             [rule.match]
             role = "join"
@@ -391,7 +392,7 @@ def test_pacing_cap_limits_that_subflows_share(tmp_path, cg):
         uncapped = client.subflow_by_local(JOIN_LOCAL)["bytes_sent"]
         client.close()
 
-        subflow.apply(write_policy(tmp_path, """
+        sockops.apply(write_policy(tmp_path, """
             [[rule]]
             [rule.match]
             role = "join"
@@ -419,7 +420,7 @@ def test_application_setsockopt_overrides_per_subflow_values(tmp_path, cg):
     creation, before the policy runs: the policy wins."""
     with TwoPathLab(cg) as lab:
         cc = other_cc()
-        subflow.apply(write_policy(tmp_path, f"""
+        sockops.apply(write_policy(tmp_path, f"""
             [[rule]]
             [rule.match]
             role = "join"
@@ -452,7 +453,7 @@ def test_setsockopt_failures_are_counted_per_rule(tmp_path, cg, test_bpf):
     registration = obj.map("ca").attach_struct_ops()
     try:
         with TwoPathLab(cg) as lab:
-            subflow.apply(write_policy(tmp_path, f"""
+            sockops.apply(write_policy(tmp_path, f"""
                 [[rule]]
                 [rule.match]
                 role = "join"
@@ -486,7 +487,7 @@ def test_setsockopt_failures_are_counted_per_rule(tmp_path, cg, test_bpf):
 
 def test_apply_again_swaps_rules_without_detaching(tmp_path, cg):
     with TwoPathLab(cg) as lab:
-        first = subflow.apply(write_policy(tmp_path, """
+        first = sockops.apply(write_policy(tmp_path, """
             [[rule]]
             name = "old"
             [rule.match]
@@ -498,7 +499,7 @@ def test_apply_again_swaps_rules_without_detaching(tmp_path, cg):
         programs = libbpf.cgroup_program_ids(cg, "sock_ops")
         old_client = lab.connect()
 
-        second = subflow.apply(write_policy(tmp_path, """
+        second = sockops.apply(write_policy(tmp_path, """
             [[rule]]
             name = "new"
             [rule.match]
@@ -541,8 +542,8 @@ def test_show_lists_every_cgroup_with_a_policy(tmp_path, cg):
                 mark = 0x2
                 max_pacing_rate = "20mbit"
                 """)
-            subflow.apply(policy, cg)
-            subflow.apply(policy, other)
+            sockops.apply(policy, cg)
+            sockops.apply(policy, other)
             code, out, _ = run_cli("show", "--json")
             assert code == 0
             shown = {p["cgroup"]: p for p in json.loads(out)["policies"]}
@@ -555,7 +556,7 @@ def test_show_lists_every_cgroup_with_a_policy(tmp_path, cg):
             assert f"cgroup {cg} " in out and "rule 1 (\"lte\"): role=join local_address=10.2.0.0/16,2001:db8::/64 " \
                                               "-> mark=0x2 max_pacing_rate=20mbit: 0 applied, 0 failed" in out
         finally:
-            subflow.clear(other)
+            sockops.clear(other)
 
 
 def test_interfaces_are_resolved_again_on_every_apply(tmp_path, cg):
@@ -567,11 +568,11 @@ def test_interfaces_are_resolved_again_on_every_apply(tmp_path, cg):
             [rule.set]
             mark = 0x2
             """)
-        subflow.apply(policy, cg, netns=lab.topo.client_ns)
+        sockops.apply(policy, cg, netns=lab.topo.client_ns)
         assert ipv4(rules_of(cg)["rules"][0]["resolved_local"]) == [f"{JOIN_LOCAL}/32"]
         with NetNS(lab.topo.client_ns, flags=0) as ipr:
             ipr.addr("add", index=ipr.link_lookup(ifname="eth1")[0], address="10.2.1.9", prefixlen=24)
-        subflow.apply(policy, cg, netns=lab.topo.client_ns)
+        sockops.apply(policy, cg, netns=lab.topo.client_ns)
         assert ipv4(rules_of(cg)["rules"][0]["resolved_local"]) == [f"{JOIN_LOCAL}/32", "10.2.1.9/32"]
         client = lab.connect()
         assert lab.socket("client", local=tuple(client.subflow_by_local(JOIN_LOCAL)["local"])).mark == 0x2
@@ -608,7 +609,7 @@ BAD_POLICIES = [
 def test_bad_input_is_one_clear_error_and_changes_nothing(tmp_path, cg):
     good = write_policy(tmp_path, '[[rule]]\n[rule.match]\nrole = "join"\n[rule.set]\nmark = 0x2\n', "good.toml")
     # On a cgroup without a policy: refused before anything is loaded or pinned.
-    fresh_pins = subflow.pin_dir(cgroup.cgroup_id(cg))
+    fresh_pins = sockops.pin_dir(cgroup.cgroup_id(cg))
     for text, message in BAD_POLICIES:
         path = write_policy(tmp_path, text, "bad.toml")
         code, out, err = run_cli("apply", str(path), "--cgroup", str(cg))
@@ -617,7 +618,7 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(tmp_path, cg):
         assert not fresh_pins.exists() and libbpf.cgroup_program_ids(cg, "sock_ops") == []
 
     # On a cgroup with a policy: the pinned maps and the link stay exactly as they were.
-    subflow.apply(good, cg)
+    sockops.apply(good, cg)
     before = pinned_state(cg)
     for text, message in BAD_POLICIES:
         path = write_policy(tmp_path, text, "bad.toml")
@@ -649,25 +650,25 @@ def test_a_failed_first_apply_leaves_nothing(tmp_path, cg, monkeypatch, fail_at)
             raise AttachError("injected failure")
         monkeypatch.setattr(libbpf.Link, "pin", pin)
     with pytest.raises(AttachError, match="injected"):
-        subflow.apply(policy, cg)
+        sockops.apply(policy, cg)
     assert libbpf.cgroup_program_ids(cg, "sock_ops") == []
-    assert not subflow.pin_dir(cgroup.cgroup_id(cg)).exists()
+    assert not sockops.pin_dir(cgroup.cgroup_id(cg)).exists()
     monkeypatch.undo()
-    assert subflow.apply(policy, cg).attached  # and a later apply starts clean
+    assert sockops.apply(policy, cg).attached  # and a later apply starts clean
 
 
 def test_clear_removes_only_our_program(tmp_path, cg, test_bpf):
     with libbpf.open_object(build.compile_bpf(test_bpf("sockops_counter")).path) as other:
         with other.program("count_ops").attach_cgroup(cg):
             foreign = libbpf.cgroup_program_ids(cg, "sock_ops")
-            result = subflow.apply(write_policy(tmp_path, "[[rule]]\n[rule.set]\nmark = 1\n"), cg)
+            result = sockops.apply(write_policy(tmp_path, "[[rule]]\n[rule.set]\nmark = 1\n"), cg)
             assert libbpf.cgroup_program_ids(cg, "sock_ops") == foreign + [result.program_id]
 
             code, out, _ = run_cli("clear", "--cgroup", str(cg))
             assert code == 0 and "cleared" in out
             assert libbpf.cgroup_program_ids(cg, "sock_ops") == foreign
-            assert not subflow.pin_dir(cgroup.cgroup_id(cg)).exists()
-            assert subflow.show(cg) == []
+            assert not sockops.pin_dir(cgroup.cgroup_id(cg)).exists()
+            assert sockops.show(cg) == []
             code, out, _ = run_cli("clear", "--cgroup", str(cg))  # nothing left: fine
             assert code == 0 and "nothing to clear" in out
 
@@ -675,17 +676,17 @@ def test_clear_removes_only_our_program(tmp_path, cg, test_bpf):
 def test_policy_of_a_removed_cgroup_is_shown_and_cleared_by_all(tmp_path, no_leftover_bpf):
     policy = write_policy(tmp_path, "[[rule]]\n[rule.set]\nmark = 1\n")
     with cgroup.temporary(prefix="bpfkit-subflow-") as gone:
-        cg_id = subflow.apply(policy, gone).cgroup_id
+        cg_id = sockops.apply(policy, gone).cgroup_id
     try:
-        [shown] = [p for p in subflow.show() if p["cgroup_id"] == cg_id]
+        [shown] = [p for p in sockops.show() if p["cgroup_id"] == cg_id]
         assert not shown["cgroup_exists"]
         # The kernel detaches the link once the removed cgroup is released.
-        assert not wait_for(lambda: [p for p in subflow.show() if p["cgroup_id"] == cg_id][0]["attached"],
+        assert not wait_for(lambda: [p for p in sockops.show() if p["cgroup_id"] == cg_id][0]["attached"],
                             lambda attached: not attached)
     finally:
         code, out, _ = run_cli("clear", "--all")
     assert code == 0
-    assert not subflow.pin_dir(cg_id).exists()
+    assert not sockops.pin_dir(cg_id).exists()
 
 
 def test_cli_apply_from_a_separate_process_persists(tmp_path, cg):

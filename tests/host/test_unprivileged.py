@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import fs, subflow
+from bpfkit import fs
+from bpfkit.subflow import sockops
 from bpfkit.loader import libbpf
 from bpfkit.errors import UnsafePath
 
@@ -62,10 +63,10 @@ def test_atomic_write_replaces_a_planted_symlink_instead_of_writing_through_it(t
 
 
 def test_another_user_can_neither_open_nor_lock_bpfkit_state():
-    with subflow._locked():  # the one lock (pins.locked) and the subflow dir, as an apply takes them
+    with sockops._locked():  # the one lock (pins.locked) and the subflow dir, as an apply takes them
         st = os.stat(libbpf.PIN_ROOT)
         assert (st.st_mode & 0o777, st.st_uid) == (0o700, 0)
-        for directory in (libbpf.PIN_ROOT, subflow.PIN_DIR):
+        for directory in (libbpf.PIN_ROOT, sockops.PIN_DIR):
             r = as_nobody(f"import os, fcntl; fd = os.open({str(directory)!r}, os.O_RDONLY); "
                           f"fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
             assert r.returncode != 0 and "PermissionError" in r.stderr, r.stderr
@@ -76,9 +77,9 @@ def test_another_user_can_neither_open_nor_lock_bpfkit_state():
 def test_a_pin_dir_another_user_made_is_refused_with_the_fix():
     libbpf.ensure_bpffs()
     fs.private_dir(libbpf.PIN_ROOT)
-    assert not subflow.PIN_DIR.exists(), "a subflow policy is still attached from another test"
-    os.mkdir(subflow.PIN_DIR, 0o700)
-    os.chown(subflow.PIN_DIR, NOBODY.pw_uid, -1)
+    assert not sockops.PIN_DIR.exists(), "a subflow policy is still attached from another test"
+    os.mkdir(sockops.PIN_DIR, 0o700)
+    os.chown(sockops.PIN_DIR, NOBODY.pw_uid, -1)
     try:
         r = subprocess.run([sys.executable, "-m", "bpfkit", "subflow", "clear", "--all"],
                            capture_output=True, text=True, cwd=PROJECT)
@@ -87,4 +88,4 @@ def test_a_pin_dir_another_user_made_is_refused_with_the_fix():
         assert "Traceback" not in r.stderr
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(subflow.PIN_DIR)
+            os.rmdir(sockops.PIN_DIR)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bpfkit import bench
-from bpfkit.lab.scenario import load_scenario, with_schedulers
+from bpfkit.lab.scenario import Scenario, load_scenario, with_schedulers
 
 pytestmark = pytest.mark.unit
 
@@ -149,16 +149,19 @@ def test_nothing_measured_reports_every_target_as_not_measured():
 def test_plans_name_existing_scenarios_and_quick_is_smaller(tmp_path):
     for quick in (False, True):
         plan = bench.make_plan(quick, tmp_path, bench.SCHEDULERS)
-        assert all(load_scenario(item["file"]) for item in plan["scenarios"])
+        for item in plan["scenarios"]:  # resolved: what the guest runs is exactly what the plan says
+            scenario = Scenario.from_dict(item["scenario"])
+            assert scenario.to_dict() == item["scenario"] and scenario.name == item["name"]
     full = bench.make_plan(False, tmp_path, bench.SCHEDULERS)
     quick = bench.make_plan(True, tmp_path, bench.SCHEDULERS)
-    runs = lambda p: sum(len(i["schedulers"]) for i in p["scenarios"])  # noqa: E731
+    runs = lambda p: sum(len(i["scenario"]["schedulers"]) * i["scenario"]["repetitions"] for i in p["scenarios"])  # noqa: E731
     assert runs(quick) < runs(full)
     assert {i["name"] for i in full["scenarios"]} == {"wifi-lte", "wifi-lte-256k", "lossy-path", "lossy-rr", "handover"}
     # a scheduler that did not build is left out of every scenario, default stays
     partial = bench.make_plan(False, tmp_path, ("default", "minrtt"))
     assert partial["bpf_schedulers"] == ["minrtt"]
-    assert all(set(i["schedulers"]) <= {"default", "minrtt"} and "default" in i["schedulers"] for i in partial["scenarios"])
+    assert all(set(i["scenario"]["schedulers"]) <= {"default", "minrtt"} and "default" in i["scenario"]["schedulers"]
+               for i in partial["scenarios"])
 
 
 def test_summary_plot_is_written(tmp_path):
@@ -192,10 +195,11 @@ def test_alone_scenario_keeps_one_path_its_events_and_the_traffic():
 def test_plan_runs_the_wifi_lte_paths_alone_at_the_scenario_scale(tmp_path):
     for quick in (False, True):
         plan = bench.make_plan(quick, tmp_path, bench.SCHEDULERS)
-        scale = {i["name"]: i["scale"] for i in plan["scenarios"]}
-        assert {(a["scenario"], a["path"]) for a in plan["alone"]} == {
+        duration = {i["name"]: i["scenario"]["duration_s"] for i in plan["scenarios"]}
+        assert {(a["of"], a["path"]) for a in plan["alone"]} == {
             ("wifi-lte", "wifi"), ("wifi-lte", "lte"), ("wifi-lte-256k", "wifi")}
-        assert all(a["scale"] == scale[a["scenario"]] for a in plan["alone"])
+        assert all(a["scenario"]["duration_s"] == duration[a["of"]] for a in plan["alone"])
+        assert all([p["name"] for p in a["scenario"]["paths"]] == [a["path"]] for a in plan["alone"])
     # the alone runs are bounded too
     with_alone = bench.vm_timeout(plan)
     assert with_alone > bench.vm_timeout({**plan, "alone": []})

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpfkit import subflow_policy
+from bpfkit.subflow import policy as subflow_policy
 from bpfkit.errors import BpfkitError
 from bpfkit.lab import scenario
 

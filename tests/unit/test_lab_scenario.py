@@ -212,3 +212,21 @@ def test_cli_run_rejects_bad_input_before_starting_anything(tmp_path, capsys):
     assert main(["lab", "run", str(good), "--host", "--schedulers", "bpf rr", "--out", str(tmp_path / "o")]) == 2
     assert "invalid scheduler name 'bpf rr'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_resolved_scenario_round_trips_and_a_bad_one_is_one_error(tmp_path):
+    """What `lab run --vm` and the bench's plan hand the guest: Scenario.to_dict() as JSON."""
+    import json
+
+    for file in sorted((PROJECT_ROOT / "scenarios").glob("*.toml")):
+        s = sc.load_scenario(file).scaled(0.5)
+        path = tmp_path / f"{s.name}.json"
+        path.write_text(json.dumps(s.to_dict()))
+        assert sc.load_scenario(path) == s, file
+    for text, error in (("[1]", "not a resolved scenario"), ("{", "not valid JSON"),
+                        ('{"name": "x"}', "not a resolved scenario"),
+                        (json.dumps({**s.to_dict(), "schedulers": ["a;b"]}), "invalid scheduler name"),
+                        (json.dumps({**s.to_dict(), "traffic": {"kind": "warp"}}), "traffic kind 'warp'")):
+        path.write_text(text)
+        with pytest.raises(UsageError, match=error):
+            sc.load_scenario(path)

@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from bpfkit import features, mptcpize
+from bpfkit import features
+from bpfkit.mptcpize import rewrite, systemd
 from bpfkit.commands import mptcpize as command
 from bpfkit.errors import KernelUnsupported, UsageError
 
@@ -23,7 +24,7 @@ BPFKIT = "/opt/bpfkit/bin/bpfkit"
     ("a:b_c.d-e.service", "a:b_c.d-e.service"),
 ])
 def test_valid_unit_names(name, expected):
-    assert mptcpize.validate_unit(name) == expected
+    assert systemd.validate_unit(name) == expected
 
 
 @pytest.mark.parametrize("name", [
@@ -33,41 +34,41 @@ def test_valid_unit_names(name, expected):
 ])
 def test_invalid_unit_names_are_refused(name):
     with pytest.raises(UsageError):
-        mptcpize.validate_unit(name)
+        systemd.validate_unit(name)
 
 
 def test_template_units_only_where_allowed():
     with pytest.raises(UsageError, match="template"):
-        mptcpize.validate_unit("getty@.service")
-    assert mptcpize.validate_unit("getty@.service", allow_template=True) == "getty@.service"
+        systemd.validate_unit("getty@.service")
+    assert systemd.validate_unit("getty@.service", allow_template=True) == "getty@.service"
     with pytest.raises(UsageError, match="not supported"):
-        mptcpize.validate_unit("user.slice", types=("service",))
+        systemd.validate_unit("user.slice", types=("service",))
 
 
 @pytest.mark.parametrize("comm", ["sshd", "a" * 15, "python3.11", "x-y_z+1"])
 def test_valid_exclusions(comm):
-    assert mptcpize.validate_comm(comm) == comm
+    assert rewrite.validate_comm(comm) == comm
 
 
 @pytest.mark.parametrize("comm", ["", "a" * 16, "has space", "-leading", "sl/ash", "per%cent", "quo\"te"])
 def test_invalid_exclusions(comm):
     with pytest.raises(UsageError):
-        mptcpize.validate_comm(comm)
+        rewrite.validate_comm(comm)
 
 
 def test_options():
-    assert mptcpize.Options.of().family_mask == 3
-    assert mptcpize.Options.of("inet6").family_mask == 2
-    opts = mptcpize.Options.of("inet", ["sshd", "curl", "sshd"])
+    assert rewrite.Options.of().family_mask == 3
+    assert rewrite.Options.of("inet6").family_mask == 2
+    opts = rewrite.Options.of("inet", ["sshd", "curl", "sshd"])
     assert opts.exclude == ("curl", "sshd")
     assert opts.cli_args() == ["--family=inet", "--exclude=curl", "--exclude=sshd"]
-    assert mptcpize.Options.of().cli_args() == []
+    assert rewrite.Options.of().cli_args() == []
     with pytest.raises(UsageError):
-        mptcpize.Options.of("unix")
+        rewrite.Options.of("unix")
 
 
 def test_dropin_rendering():
-    text = mptcpize.render_dropin("nginx", mptcpize.Options.of("inet6", ["sshd"]), bpfkit=BPFKIT)
+    text = systemd.render_dropin("nginx", rewrite.Options.of("inet6", ["sshd"]), bpfkit=BPFKIT)
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert lines == [
         "[Service]",
@@ -79,13 +80,13 @@ def test_dropin_rendering():
 
 def test_dropin_rendering_refuses_bad_units():
     with pytest.raises(UsageError):
-        mptcpize.render_dropin("x.service\nExecStart=/bin/sh", bpfkit=BPFKIT)
+        systemd.render_dropin("x.service\nExecStart=/bin/sh", bpfkit=BPFKIT)
     with pytest.raises(UsageError, match="not supported"):
-        mptcpize.render_dropin("user.slice", bpfkit=BPFKIT)
+        systemd.render_dropin("user.slice", bpfkit=BPFKIT)
 
 
 def test_boot_service_rendering():
-    text = mptcpize.render_boot_service(bpfkit=BPFKIT)
+    text = systemd.render_boot_service(bpfkit=BPFKIT)
     assert "ConditionPathExists=/etc/bpfkit/mptcpize.json" in text
     assert f"ExecStart={BPFKIT} mptcpize restore" in text
     assert "WantedBy=multi-user.target" in text
@@ -100,9 +101,9 @@ def test_rendered_units_pass_systemd_analyze(tmp_path):
     vendor.write_text("[Service]\nExecStart=/bin/true\n")
     dropin_dir = tmp_path / "demo.service.d"
     dropin_dir.mkdir()
-    (dropin_dir / "bpfkit-mptcpize.conf").write_text(mptcpize.render_dropin("demo", bpfkit="/bin/true"))
+    (dropin_dir / "bpfkit-mptcpize.conf").write_text(systemd.render_dropin("demo", bpfkit="/bin/true"))
     boot = tmp_path / "bpfkit-mptcpize.service"
-    boot.write_text(mptcpize.render_boot_service(bpfkit="/bin/true"))
+    boot.write_text(systemd.render_boot_service(bpfkit="/bin/true"))
     out = subprocess.run([analyze, "verify", str(vendor), str(boot)], capture_output=True, text=True)
     bad = [ln for ln in out.stderr.splitlines() if "Unknown key" in ln or "Invalid" in ln or "bad" in ln.lower()]
     assert not bad, out.stderr
@@ -116,47 +117,47 @@ def _write_vendor_unit(root, name="demo.service"):
 
 
 def test_enable_writes_only_the_dropin(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: BPFKIT)
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
     vendor = _write_vendor_unit(tmp_path)
     before = vendor.read_bytes()
-    result = mptcpize.enable("demo", mptcpize.Options.of(exclude=["sshd"]), root=tmp_path)
+    result = systemd.enable("demo", rewrite.Options.of(exclude=["sshd"]), root=tmp_path)
     assert result.dropin == tmp_path / "etc/systemd/system/demo.service.d/bpfkit-mptcpize.conf"
     assert "--exclude=sshd" in result.dropin.read_text()
     assert vendor.read_bytes() == before
     assert not result.reloaded
-    path, existed, _ = mptcpize.disable("demo", root=tmp_path)
+    path, existed, _ = systemd.disable("demo", root=tmp_path)
     assert existed and not path.exists() and not path.parent.exists()
     assert vendor.read_bytes() == before
 
 
 def test_enable_template_instance_finds_template_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: BPFKIT)
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
     _write_vendor_unit(tmp_path, "worker@.service")
-    result = mptcpize.enable("worker@3.service", root=tmp_path)
+    result = systemd.enable("worker@3.service", root=tmp_path)
     assert result.dropin.parent.name == "worker@3.service.d"
 
 
 def test_enable_unknown_unit(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: BPFKIT)
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
     with pytest.raises(UsageError, match="does not exist"):
-        mptcpize.enable("nosuch", root=tmp_path)
+        systemd.enable("nosuch", root=tmp_path)
     assert not (tmp_path / "etc").exists()
 
 
 def test_disable_keeps_other_dropins(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: BPFKIT)
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
     _write_vendor_unit(tmp_path)
-    mptcpize.enable("demo", root=tmp_path)
+    systemd.enable("demo", root=tmp_path)
     other = tmp_path / "etc/systemd/system/demo.service.d/override.conf"
     other.write_text("[Service]\nNice=5\n")
-    mptcpize.disable("demo", root=tmp_path)
+    systemd.disable("demo", root=tmp_path)
     assert other.exists()
 
 
 def test_cli_enable_disable_with_root(tmp_path, monkeypatch, capsys):
     from bpfkit import cli
 
-    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: BPFKIT)
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
     _write_vendor_unit(tmp_path)
     assert cli.main(["mptcpize", "enable", "demo.service", "--family", "inet", "--root", str(tmp_path)]) == 0
     dropin = tmp_path / "etc/systemd/system/demo.service.d/bpfkit-mptcpize.conf"
@@ -168,19 +169,19 @@ def test_cli_enable_disable_with_root(tmp_path, monkeypatch, capsys):
 
 
 def test_state_file_and_boot_service(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "bpfkit_executable", lambda: BPFKIT)
-    monkeypatch.setattr(mptcpize.cgroup, "cgroup2_root", lambda: tmp_path / "cg")
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
+    monkeypatch.setattr(systemd.cgroup, "cgroup2_root", lambda: tmp_path / "cg")
     cg = tmp_path / "cg/app.slice"
-    state = mptcpize.persist(cg, mptcpize.Options.of("inet6"), tmp_path)
+    state = systemd.persist(cg, rewrite.Options.of("inet6"), tmp_path)
     assert state == tmp_path / "etc/bpfkit/mptcpize.json"
-    assert mptcpize.load_state(tmp_path) == [{"cgroup": "app.slice", "families": ["inet6"], "exclude": []}]
+    assert systemd.load_state(tmp_path) == [{"cgroup": "app.slice", "families": ["inet6"], "exclude": []}]
     service = tmp_path / "etc/systemd/system/bpfkit-mptcpize.service"
     assert "mptcpize restore" in service.read_text()
     wants = tmp_path / "etc/systemd/system/multi-user.target.wants/bpfkit-mptcpize.service"
     assert wants.is_symlink()
-    mptcpize.persist(cg, mptcpize.Options.of(), tmp_path)  # re-persisting replaces, not duplicates
-    assert len(mptcpize.load_state(tmp_path)) == 1
-    assert mptcpize.forget(cg, tmp_path)
+    systemd.persist(cg, rewrite.Options.of(), tmp_path)  # re-persisting replaces, not duplicates
+    assert len(systemd.load_state(tmp_path)) == 1
+    assert systemd.forget(cg, tmp_path)
     assert not state.exists()
 
 
@@ -190,17 +191,17 @@ def test_kernel_without_btf(monkeypatch):
     monkeypatch.setattr(features, "check_btf", lambda: features.Check("btf", features.MISSING,
                                                                   "/sys/kernel/btf/vmlinux missing"))
     with pytest.raises(KernelUnsupported) as info:
-        mptcpize._check_kernel()
+        rewrite._check_kernel()
     assert "no BTF" in str(info.value)
     assert "mptcpize run CMD" in info.value.hint and "Debian package mptcpize" in info.value.hint
 
 
 def test_kernel_too_old(monkeypatch):
     monkeypatch.setattr(features, "check_btf", lambda: features.Check("btf", features.OK, "ok"))
-    monkeypatch.setattr(mptcpize.platform, "release", lambda: "6.1.0-18-amd64")
+    monkeypatch.setattr(rewrite.platform, "release", lambda: "6.1.0-18-amd64")
     monkeypatch.setattr(features.platform, "release", lambda: "6.1.0-18-amd64")
     with pytest.raises(KernelUnsupported) as info:
-        mptcpize._check_kernel()
+        rewrite._check_kernel()
     assert "kernel 6.1.0-18-amd64 < 6.6 has no hook" in str(info.value)
     assert info.value.exit_code == 4
     assert "LD_PRELOAD" in info.value.hint
@@ -213,7 +214,7 @@ def test_refused_load_is_explained_by_the_doctor_probe(monkeypatch):
         "fmod_ret_update_socket_protocol", features.MISSING,
         "load refused: loading probes.bpf.o failed: Operation not permitted (errno 1)"))
     with pytest.raises(KernelUnsupported) as info:
-        with mptcpize._kernel_refusal_explained():
+        with rewrite._kernel_refusal_explained():
             raise LoadError("loading mptcpify.bpf.o failed: Operation not permitted (errno 1)")
     assert "Operation not permitted" in str(info.value)
     assert "fmod_ret on update_socket_protocol" in str(info.value)
@@ -225,7 +226,7 @@ def test_other_load_failures_pass_through(monkeypatch):
     monkeypatch.setattr(features, "check_fmod_ret", lambda: features.Check("fmod_ret_update_socket_protocol",
                                                                        features.OK, "fine"))
     with pytest.raises(VerifierError):
-        with mptcpize._kernel_refusal_explained():
+        with rewrite._kernel_refusal_explained():
             raise VerifierError("the verifier rejected program 'mptcpify': R1 invalid mem access")
 
 
@@ -242,24 +243,24 @@ def _fake_systemctl(tmp_path, stdout: str, code: int = 0, stderr: str = "") -> s
 
 
 def test_unknown_unit(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "SYSTEMCTL",
+    monkeypatch.setattr(systemd, "SYSTEMCTL",
                         _fake_systemctl(tmp_path, "LoadState=not-found\nActiveState=inactive\nControlGroup=\n"))
     with pytest.raises(UsageError, match="unit nosuch.service does not exist"):
-        mptcpize.unit_cgroup("nosuch")
+        systemd.unit_cgroup("nosuch")
 
 
 def test_stopped_unit(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "SYSTEMCTL",
+    monkeypatch.setattr(systemd, "SYSTEMCTL",
                         _fake_systemctl(tmp_path, "LoadState=loaded\nActiveState=inactive\nControlGroup=\n"))
     with pytest.raises(UsageError, match="not running"):
-        mptcpize.unit_cgroup("demo")
+        systemd.unit_cgroup("demo")
 
 
 def test_systemd_not_running(tmp_path, monkeypatch):
-    monkeypatch.setattr(mptcpize, "SYSTEMCTL", _fake_systemctl(
+    monkeypatch.setattr(systemd, "SYSTEMCTL", _fake_systemctl(
         tmp_path, "", 1, "System has not been booted with systemd as init system (PID 1). Can't operate."))
     with pytest.raises(UsageError, match="has not been booted with systemd"):
-        mptcpize.unit_cgroup("demo")
+        systemd.unit_cgroup("demo")
 
 
 def test_persist_refused_for_units(capsys):

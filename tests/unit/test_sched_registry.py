@@ -118,7 +118,7 @@ assert "fifth" in bench.SCHEDULERS
 plan = bench.make_plan(True, Path({str(tmp_path / "out")!r}), bench.SCHEDULERS)
 assert "fifth" in plan["bpf_schedulers"], plan["bpf_schedulers"]
 lossy_rr = next(s for s in plan["scenarios"] if s["name"] == "lossy-rr")
-assert "fifth" in lossy_rr["schedulers"], lossy_rr
+assert "fifth" in lossy_rr["scenario"]["schedulers"], lossy_rr
 assert registry.colour("fifth") == "#123456"
 text = scaffold.render("mine", "fifth", existing=set())
 assert '.name = "mine"' in text and "mine_get_send" in text and "fifth_get_send" not in text, text

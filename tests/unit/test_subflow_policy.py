@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import subflow_policy as sp
+from bpfkit.subflow import policy as sp
 from bpfkit.errors import UsageError
 
 pytestmark = pytest.mark.unit

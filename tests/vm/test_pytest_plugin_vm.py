@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import cgroup, mptcpize
+from bpfkit import cgroup
+from bpfkit.mptcpize import rewrite
 from bpfkit.paths import BPF_DIR
 from tests.plugin_inner import run_inner
 
@@ -39,7 +40,7 @@ def test_mptcpize_cgroup_fixture(tmp_path):
     assert "FAILED test_inner.py::test_fails_with_the_cgroup_attached" in proc.stdout, proc.stdout
     assert "deliberate failure" in proc.stdout
     assert not any(p.name.startswith("bpfkit-pytest-mptcpize-") for p in cgroup.cgroup2_root().iterdir())
-    assert mptcpize.status()["attached"] is False
+    assert rewrite.status()["attached"] is False
 
 
 def available_schedulers() -> set[str]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bpfkit import cgroup as cgroups
 from bpfkit.loader import build, libbpf, pins
-from bpfkit import subflow_policy as sp
+from bpfkit.subflow import policy as sp
 from bpfkit.errors import BpfkitError, KernelUnsupported
 
 PIN_DIR = libbpf.PIN_ROOT / "subflow"
