@@ -211,7 +211,7 @@ def test_a_resolved_scenario_runs_exactly_as_given(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "results.json").read_text())
-    assert doc["scenario"] == sc.to_dict() and doc["runs"][0]["seed"] == 7
+    assert doc["scenario"] == json.loads(json.dumps(sc.to_dict())) and doc["runs"][0]["seed"] == 7
     job.write_text(json.dumps({"name": "x"}))
     bad = subprocess.run([sys.executable, "-m", "bpfkit", "lab", "run", str(job), "--host", "--out", str(out)],
                          capture_output=True, text=True, timeout=60)
