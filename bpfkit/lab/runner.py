@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bpfkit import fs
@@ -40,6 +41,43 @@ Observer = Callable[[str], contextlib.AbstractContextManager]
 
 class LabError(BpfkitError):
     """A run could not be carried out (not: a run that measured a failure)."""
+
+
+@dataclass
+class RunRecord:
+    """One measurement (one scheduler, one repetition): an entry of results.json's
+    `runs`, key for key (docs/results-format.md, "A run record")."""
+
+    scenario: str
+    scheduler: str
+    repetition: int
+    seed: int  # the scenario's seed + repetition: the same for every scheduler (runs are paired)
+    kernel: str
+    kind: str  # the traffic model's
+    ok: bool
+    failures: list[str]
+    verified: bool
+    goodput_bps: float | None
+    transfer_time_s: float | None
+    completion_times_s: list[float]  # the traffic model's figures()
+    bytes_by_path: dict[str, int]
+    retrans: dict[str, int | None]
+    subflows: dict[str, dict]
+    data_sender: str
+    mptcp_counters: dict[str, dict]
+    sides: dict[str, dict]
+    # filled in by run_once from the topology it ran on
+    shaping: str | None = None
+    qdisc: dict | None = None
+    events: list[dict] = field(default_factory=list)
+    topology: dict | None = None
+    observed: dict | None = None  # only when an observer ran (`lab run --trace`)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if self.observed is None:
+            del out["observed"]
+        return out
 
 
 @contextlib.contextmanager
@@ -219,17 +257,17 @@ def run_once(
                 sides[side] = {"ok": False, "error": "no result (process killed or crashed)"}
         shaping_used = topo.shaping
     run = reduce_run(scenario, scheduler, repetition, seed, sides, path_of, int(t0 * 1e9))
-    run.update(shaping=shaping_used, qdisc=qdisc, events=events.applied, topology=topology_info)
+    run.shaping, run.qdisc, run.events, run.topology = shaping_used, qdisc, events.applied, topology_info
     if observed is not None:
         observed["t"] = [round(t - t0, 4) for t in observed.get("t", [])]
-        run["observed"] = observed
+        run.observed = observed
     if timed_out:
-        run["failures"].insert(0, f"timed out after {scenario.effective_timeout_s:g} s")
-    run["failures"].extend(events.errors)
+        run.failures.insert(0, f"timed out after {scenario.effective_timeout_s:g} s")
+    run.failures.extend(events.errors)
     if not connected:
-        run["failures"].insert(0, "the client did not connect")
-    run["ok"] = not run["failures"]
-    return run
+        run.failures.insert(0, "the client did not connect")
+    run.ok = not run.failures
+    return run.to_dict()
 
 
 def _failure_hint(proc: subprocess.Popen) -> str | None:
@@ -238,7 +276,7 @@ def _failure_hint(proc: subprocess.Popen) -> str | None:
     return f"it exited with status {proc.returncode}"
 
 
-def reduce_run(scenario: Scenario, scheduler: str, repetition: int, seed: int, sides: dict, path_of: Callable, t0_ns: int) -> dict:
+def reduce_run(scenario: Scenario, scheduler: str, repetition: int, seed: int, sides: dict, path_of: Callable, t0_ns: int) -> RunRecord:
     """Both sides' raw results → one run record (what results.json stores)."""
     traffic = scenario.traffic
     sender_role = traffic.data_sender
@@ -264,26 +302,26 @@ def reduce_run(scenario: Scenario, scheduler: str, repetition: int, seed: int, s
         keep = ("ok", "error", "sent_bytes", "received_bytes", "verified", "first_bad_offset", "fallback", "final_mptcp_info", "sampler_error", "late_requests", "warmup", "requests", "messages", "peer_verdict")
         return {k: side.get(k) for k in keep if k in side}
 
-    return {
-        "scenario": scenario.name,
-        "scheduler": scheduler,
-        "repetition": repetition,
-        "seed": seed,
-        "kernel": kernel,
-        "kind": traffic.kind,
-        "ok": not failures,
-        "failures": failures,
-        "verified": bool(receiver.get("verified")) and bool(sender.get("ok")),
-        "goodput_bps": figures.goodput_bps,
-        "transfer_time_s": figures.transfer_time_s,
-        "completion_times_s": figures.completion_times_s,
-        "bytes_by_path": bytes_by_path,
-        "retrans": {"mptcp_bytes": final.get("bytes_retrans"), "subflow_bytes": retrans_subflows},
-        "subflows": subflows,
-        "data_sender": sender_role,
-        "mptcp_counters": {role: sides[role].get("mptcp_counters", {}) for role in ("client", "server")},
-        "sides": {role: compact(sides[role]) for role in ("client", "server")},
-    }
+    return RunRecord(
+        scenario=scenario.name,
+        scheduler=scheduler,
+        repetition=repetition,
+        seed=seed,
+        kernel=kernel,
+        kind=traffic.kind,
+        ok=not failures,
+        failures=failures,
+        verified=bool(receiver.get("verified")) and bool(sender.get("ok")),
+        goodput_bps=figures.goodput_bps,
+        transfer_time_s=figures.transfer_time_s,
+        completion_times_s=figures.completion_times_s,
+        bytes_by_path=bytes_by_path,
+        retrans={"mptcp_bytes": final.get("bytes_retrans"), "subflow_bytes": retrans_subflows},
+        subflows=subflows,
+        data_sender=sender_role,
+        mptcp_counters={role: sides[role].get("mptcp_counters", {}) for role in ("client", "server")},
+        sides={role: compact(sides[role]) for role in ("client", "server")},
+    )
 
 
 MPTCP_SYSCTL_DIR = Path("/proc/sys/net/mptcp")

@@ -213,3 +213,17 @@ def test_results_of_an_unknown_traffic_kind_are_one_clear_error():
     doc["scenario"]["traffic"]["kind"] = "warp"
     with pytest.raises(UsageError, match="traffic kind 'warp' is not one this bpfkit knows"):
         report.table_columns(doc)
+
+
+def test_the_run_record_is_the_documented_layout():
+    """docs/results-format.md lists a run record's keys; RunRecord is that list in code."""
+    import dataclasses
+    import re
+
+    from bpfkit.lab.runner import RunRecord
+    from bpfkit.paths import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "docs" / "results-format.md").read_text()
+    section = text.split("## A run record", 1)[1].split("\n\n", 2)[1]
+    documented = {key for cell in re.findall(r"^\| ([^|]+) \|", section, re.M) for key in re.findall(r"`(\w+)`", cell)}
+    assert documented == {f.name for f in dataclasses.fields(RunRecord)}

@@ -240,6 +240,6 @@ def test_a_warm_up_that_saw_the_join_missing_fails_the_run():
         return runner.reduce_run(sc, "default", 0, 1, sides, lambda local, remote: "a", 0)
 
     missing = run_with({"subflows_up": 1, "subflows_expected": 2, "complete": False, "seconds": 10.0})
-    assert not missing["ok"] and missing["failures"] == ["client: warm-up: 1 of 2 subflows usable after 10 s"]
+    assert not missing.ok and missing.failures == ["client: warm-up: 1 of 2 subflows usable after 10 s"]
     complete = run_with({"subflows_up": 2, "subflows_expected": 2, "complete": True, "seconds": 0.1})
-    assert complete["ok"], complete["failures"]
+    assert complete.ok, complete.failures

@@ -108,11 +108,11 @@ def test_a_registered_toy_model_goes_through_the_whole_lab(ping_registered):
 
     results = {role: {**s.result, "ok": True, "samples": []} for role, s in sides.items()}
     record = runner.reduce_run(sc, "default", 0, 3, results, lambda local, remote: "a", 0)
-    assert record["ok"] and record["kind"] == "ping" and record["data_sender"] == "client"
-    assert record["completion_times_s"] == results["client"]["ping_times_s"]
+    assert record.ok and record.kind == "ping" and record.data_sender == "client"
+    assert record.completion_times_s == results["client"]["ping_times_s"]
 
     doc = {"format": runner.RESULTS_FORMAT, "scenario": sc.to_dict(), "kernel": "k", "shaping": "netem",
-           "shaping_note": "", "runs": [record]}
+           "shaping_note": "", "runs": [record.to_dict()]}
     assert doc["scenario"]["traffic"] == {"kind": "ping", "count": 6}
     text = report.markdown_report(doc)
     assert "- traffic: ping × 6;" in text and "Ping p50 / p95 / p99 (ms)" in text

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from bpfkit.lab.traffic import model
 from bpfkit.lab.traffic.model import Figures, TrafficModel
-from bpfkit.lab.traffic.wire import IO_CHUNK, PatternStream, Side, TrafficFailure, check_deadline, read_verdict, send_verdict
+from bpfkit.lab.traffic.wire import IO_CHUNK, PatternStream, Side, TrafficFailure, check_deadline
 from bpfkit.lab.values import Checker, format_time, parse_size
 
 
@@ -73,11 +73,7 @@ def send(side: Side, sock: socket.socket, out: PatternStream) -> None:
         sock.sendall(view)
         sent += len(view)
     side.result["sent_bytes"] = sent
-    sock.shutdown(socket.SHUT_WR)
-    side.result["t_sent_ns"] = time.monotonic_ns()
-    verdict = read_verdict(sock, side.deadline)
-    side.result["peer_verdict"] = verdict
-    side.result["t_end_ns"] = time.monotonic_ns()
+    verdict = side.finish_sending(sock)
     if verdict.get("received_bytes") != sent or not verdict.get("verified"):
         raise TrafficFailure(f"receiver verified {verdict.get('received_bytes')} bytes (ok={verdict.get('verified')}) of {sent} sent")
 
@@ -96,7 +92,6 @@ def receive(side: Side, sock: socket.socket, incoming: PatternStream) -> None:
         incoming.check(view[:n])
         received += n
     side.result.update(received_bytes=received, verified=incoming.ok, first_bad_offset=incoming.first_bad_offset, t_last_byte_ns=t_last)
-    send_verdict(sock, {"received_bytes": received, "verified": incoming.ok, "first_bad_offset": incoming.first_bad_offset})
-    side.result["t_end_ns"] = time.monotonic_ns()
+    side.answer(sock, {"received_bytes": received, "verified": incoming.ok, "first_bad_offset": incoming.first_bad_offset})
     if not incoming.ok:
         raise TrafficFailure(f"corrupted stream: first wrong byte at offset {incoming.first_bad_offset}")

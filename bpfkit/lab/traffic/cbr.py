@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from bpfkit.lab.traffic import model
 from bpfkit.lab.traffic.model import Figures, TrafficModel
-from bpfkit.lab.traffic.wire import PatternStream, Side, TrafficFailure, check_deadline, read_verdict, recv_exact, send_verdict
+from bpfkit.lab.traffic.wire import PatternStream, Side, TrafficFailure, check_deadline, recv_exact
 from bpfkit.lab.values import Checker, format_rate, format_time, parse_rate, parse_size
 
 HEADER = struct.Struct("!QQ")  # sequence number, send time (CLOCK_MONOTONIC ns)
@@ -79,10 +79,7 @@ def send(side: Side, sock: socket.socket, out: PatternStream) -> None:
         sock.sendall(HEADER.pack(seq, time.monotonic_ns()) + out.take(size - HEADER.size))
         seq += 1
     side.result.update(sent_bytes=seq * size, messages=seq)
-    sock.shutdown(socket.SHUT_WR)
-    verdict = read_verdict(sock, side.deadline)
-    side.result["peer_verdict"] = verdict
-    side.result["t_end_ns"] = time.monotonic_ns()
+    verdict = side.finish_sending(sock)
     if verdict.get("messages") != seq or not verdict.get("verified"):
         raise TrafficFailure(f"receiver verified {verdict.get('messages')} of {seq} messages")
 
@@ -108,7 +105,6 @@ def receive(side: Side, sock: socket.socket, incoming: PatternStream) -> None:
         expected_seq += 1
     verified = seq_ok and incoming.ok
     side.result.update(messages=expected_seq, latencies_s=latencies, verified=verified, first_bad_offset=incoming.first_bad_offset)
-    send_verdict(sock, {"messages": expected_seq, "verified": verified})
-    side.result["t_end_ns"] = time.monotonic_ns()
+    side.answer(sock, {"messages": expected_seq, "verified": verified})
     if not verified:
         raise TrafficFailure("message sequence broken" if not seq_ok else f"payload corrupted at stream offset {incoming.first_bad_offset}")

@@ -13,7 +13,7 @@ from typing import ClassVar
 from bpfkit import mptcp_sockopt
 from bpfkit.lab.traffic import model
 from bpfkit.lab.traffic.model import Figures, TrafficModel
-from bpfkit.lab.traffic.wire import PatternStream, Side, TrafficFailure, read_verdict, recv_exact, send_verdict
+from bpfkit.lab.traffic.wire import PatternStream, Side, TrafficFailure, recv_exact
 from bpfkit.lab.values import Checker, format_time, parse_size
 
 WARMUP_JOIN_TIMEOUT_S = 10.0  # a join takes one path RTT; a TCG guest on a busy host, seconds
@@ -141,10 +141,7 @@ def client(side: Side, sock: socket.socket) -> None:
         exchange(side, sock, requests, responses, f"response {i}")
         completion.append(time.monotonic() - scheduled)
     side.result.update(completion_times_s=completion, late_requests=late, verified=True)
-    sock.shutdown(socket.SHUT_WR)
-    verdict = read_verdict(sock, side.deadline)
-    side.result["peer_verdict"] = verdict
-    side.result["t_end_ns"] = time.monotonic_ns()
+    verdict = side.finish_sending(sock)
     if verdict.get("requests") != exchanges or not verdict.get("verified"):
         raise TrafficFailure(f"server saw {verdict.get('requests')} valid requests of {exchanges}")
 
@@ -164,7 +161,6 @@ def server(side: Side, sock: socket.socket) -> None:
         side.result["sent_bytes"] += traffic.response_size
         served += 1
     side.result.update(requests=served, verified=requests.ok, first_bad_offset=requests.first_bad_offset)
-    send_verdict(sock, {"requests": served, "verified": requests.ok})
-    side.result["t_end_ns"] = time.monotonic_ns()
+    side.answer(sock, {"requests": served, "verified": requests.ok})
     if not requests.ok:
         raise TrafficFailure(f"request stream corrupted at offset {requests.first_bad_offset}")

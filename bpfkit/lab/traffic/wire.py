@@ -165,6 +165,19 @@ class Side:
     def stream(self, direction: str) -> PatternStream:
         return PatternStream(self.seed, direction)
 
+    def finish_sending(self, sock: socket.socket) -> dict:
+        """Half-close, then the peer's verdict on what it received (recorded)."""
+        sock.shutdown(socket.SHUT_WR)
+        self.result["t_sent_ns"] = time.monotonic_ns()
+        verdict = read_verdict(sock, self.deadline)
+        self.result.update(peer_verdict=verdict, t_end_ns=time.monotonic_ns())
+        return verdict
+
+    def answer(self, sock: socket.socket, verdict: dict) -> None:
+        """The receiver's verdict line, which ends its side of the exchange."""
+        send_verdict(sock, verdict)
+        self.result["t_end_ns"] = time.monotonic_ns()
+
     def data_stream(self) -> PatternStream:
         """The pattern of the one-way data (s2c for a download, c2s for an upload)."""
         return self.stream("s2c" if self.traffic.data_sender == "server" else "c2s")
