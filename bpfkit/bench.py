@@ -462,9 +462,14 @@ def _remove_previous_outputs(out: Path) -> None:
             (out / directory / name).unlink(missing_ok=True)
 
 
-def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...]) -> dict:
+def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...], shard: tuple[int, int] | None = None) -> dict:
     """What the guest measures, each scenario resolved here (file, length, repetitions,
-    schedulers; Scenario.to_dict()), as `lab run --vm` hands its scenario over."""
+    schedulers; Scenario.to_dict()), as `lab run --vm` hands its scenario over.
+
+    With shard=(K, N), only the K-th of N deterministic slices: entry i of the whole
+    plan (its scenarios, then the paths run alone) belongs to shard i mod N + 1. A
+    scenario's repetitions stay together (their runs are paired across schedulers),
+    so `bench merge` puts shards back together without touching a run."""
     from bpfkit.lab.scenario import load_scenario, with_schedulers
 
     scenarios, alone = [], []
@@ -479,8 +484,18 @@ def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...]) -> dict:
         for path in ALONE.get(item.name, ()):
             alone.append({"name": alone_name(item.name, path), "of": item.name, "path": path,
                           "scenario": dataclasses.replace(base.alone(path), repetitions=1).to_dict()})
-    return {"format": BENCH_FORMAT, "quick": quick, "out": str(out),
-            "bpf_schedulers": [s for s in schedulers if s != DEFAULT], "scenarios": scenarios, "alone": alone}
+    entries = [*scenarios, *alone]
+    for index, entry in enumerate(entries):
+        entry["index"] = index  # its place in the whole plan: merge restores the order
+    if shard is not None:
+        k, n = shard
+        if not 1 <= k <= n or n > len(entries):
+            raise UsageError(f"--shard {k}/{n}: K must be 1..N and N at most {len(entries)} (the plan's entries)")
+        scenarios = [e for e in scenarios if e["index"] % n == k - 1]
+        alone = [e for e in alone if e["index"] % n == k - 1]
+    return {"format": BENCH_FORMAT, "quick": quick, "out": str(out), "shard": list(shard) if shard else None,
+            "entries": len(entries), "bpf_schedulers": [s for s in schedulers if s != DEFAULT],
+            "scenarios": scenarios, "alone": alone}
 
 
 def vm_timeout(plan: dict) -> float:
@@ -497,17 +512,19 @@ def vm_timeout(plan: dict) -> float:
     return total
 
 
-def run(out: Path, *, quick: bool, echo_guest=None) -> dict:
-    """Boot the VM once, measure, render; returns the bench document (bench.json)."""
+def run(out: Path, *, quick: bool, shard: tuple[int, int] | None = None, echo_guest=None) -> dict:
+    """Boot the VM once, measure (all of the plan, or one shard of it), render;
+    returns the bench document (bench.json)."""
     from bpfkit.kernel import kbuild, vm
 
     started = time.monotonic()
+    make_plan(quick, out, SCHEDULERS, shard)  # a bad --shard is refused before anything is built
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     kernel = kbuild.default_kernel()  # the VM boots this one; objects are prebuilt for its BTF
     built = prebuild(kernel.vmlinux)
     schedulers = (DEFAULT, *[n for n, error in built.items() if error is None])
-    plan = make_plan(quick, out, schedulers)
+    plan = make_plan(quick, out, schedulers, shard)
     _remove_previous_outputs(out)
     plan_path = out / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1))
@@ -547,14 +564,16 @@ def collect(out: Path, plan: dict, built: dict, vm_info: dict | None, elapsed_fr
             files.append(directory / "results.json")
 
     results = {
-        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "started": guest_status.get("started"),
+        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "shard": plan.get("shard"),
+        "started": guest_status.get("started"),
         "kernel": next((d["kernel"] for d in docs.values()), None), "vm": vm_info,
         "schedulers": list(SCHEDULERS), "prebuild": built, "guest": guest_status, "plan": plan, "scenarios": docs,
         "alone": alone,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     bench = {
-        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "out": str(out),
+        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "shard": plan.get("shard"),
+        "out": str(out),
         "kernel": results["kernel"], "vm": vm_info, "started": results["started"],
         "elapsed_s": round(time.monotonic() - elapsed_from, 1) if elapsed_from else guest_status.get("seconds"),
         "registered": {n: s for n, s in guest_status.get("loaded", {}).items()},
@@ -569,6 +588,99 @@ def collect(out: Path, plan: dict, built: dict, vm_info: dict | None, elapsed_fr
     bench["files"] = [str(p) for p in [out / "results.json", out / "bench.json", *([plot] if plot else []), *files]]
     (out / "bench.json").write_text(json.dumps(bench, indent=1))
     return bench
+
+
+# ---------------------------------------------------------------- shards
+
+
+def merge(out: Path, shard_dirs: list[Path]) -> dict:
+    """Shards of one bench (`--shard K/N` runs, e.g. jobs of a CI matrix) → one
+    bench in OUT, in the format of a single run: every shard's scenario results
+    are copied as measured and everything is rendered again over all of them."""
+    from bpfkit.lab import runner
+
+    shards = [_read_shard(Path(d)) for d in shard_dirs]
+    if not shards:
+        raise UsageError("bench merge: give the output directories of the shards")
+    first = shards[0]
+    n = first["plan"]["shard"][1]
+    seen: dict[int, Path] = {}
+    for sh in shards:
+        k_n = sh["plan"]["shard"]
+        if k_n[1] != n or sh["plan"]["quick"] != first["plan"]["quick"] or sh["plan"]["entries"] != first["plan"]["entries"]:
+            raise UsageError(f"{sh['dir']}: shard {k_n[0]}/{k_n[1]} of a {'quick ' if sh['plan']['quick'] else ''}bench "
+                             f"does not belong with {first['dir']} (shard {first['plan']['shard'][0]}/{n})")
+        if k_n[0] in seen:
+            raise UsageError(f"shard {k_n[0]}/{n} given twice: {seen[k_n[0]]} and {sh['dir']}")
+        seen[k_n[0]] = sh["dir"]
+    missing = sorted(set(range(1, n + 1)) - set(seen))
+    if missing:
+        raise UsageError(f"bench merge: shard{'s' if len(missing) > 1 else ''} {', '.join(f'{k}/{n}' for k in missing)} "
+                         "missing", hint="every shard's output directory is needed")
+
+    out = out.resolve()
+    if any(out == sh["dir"] for sh in shards):
+        raise UsageError(f"--out {out} is one of the shards: merge into a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_outputs(out)
+    by_index = lambda e: e["index"]  # noqa: E731
+    plan = {**first["plan"], "out": str(out), "shard": None, "merged_from": [str(sh["dir"]) for sh in shards],
+            "scenarios": sorted((e for sh in shards for e in sh["plan"]["scenarios"]), key=by_index),
+            "alone": sorted((e for sh in shards for e in sh["plan"]["alone"]), key=by_index)}
+    for sh in shards:
+        for entry in [*sh["plan"]["scenarios"], *sh["plan"]["alone"]]:
+            source = sh["dir"] / entry["name"]
+            if (source / "results.json").exists():
+                runner.write_results(runner.load_results(source), out / entry["name"])
+    guests = [sh["guest"] for sh in shards]
+    loaded: dict[str, dict] = {}
+    for g in guests:  # a scheduler counts as registered when it registered in every shard
+        for name, status in g.get("loaded", {}).items():
+            if loaded.get(name, {}).get("ok", True):
+                loaded[name] = status
+    guest_status = {
+        "started": min((g.get("started") for g in guests if g.get("started")), default=None),
+        "loaded": loaded,
+        "scenarios": {k: v for g in guests for k, v in g.get("scenarios", {}).items()},
+        "via": guests[0].get("via"),
+        "seconds": round(sum(g.get("seconds") or 0 for g in guests), 1),
+        "shards": len(shards),
+    }
+    (out / "guest.json").write_text(json.dumps(guest_status, indent=1))
+    (out / "plan.json").write_text(json.dumps(plan, indent=1))
+    vms = [sh["results"].get("vm") for sh in shards if sh["results"].get("vm")]
+    vm_info = None
+    if vms:  # one description of how it ran: the first shard's machine, all shards' VM time
+        vm_info = {**vms[0], "total_seconds": round(sum(v["total_seconds"] for v in vms), 1),
+                   "boot_seconds": round(sum(v["boot_seconds"] for v in vms), 1)}
+    built: dict[str, str | None] = {}
+    for sh in shards:  # a compile error in any shard is reported
+        for name, error in sh["results"].get("prebuild", {}).items():
+            if built.get(name) is None:
+                built[name] = error
+    return collect(out, plan, built, vm_info)
+
+
+def _read_shard(directory: Path) -> dict:
+    try:
+        plan = json.loads((directory / "plan.json").read_text())
+        guest_status = json.loads((directory / "guest.json").read_text())
+        results = json.loads((directory / "results.json").read_text())
+    except OSError as exc:
+        raise UsageError(f"{directory}: not the output of a bench run ({exc.filename}: {exc.strerror})") from None
+    except ValueError as exc:
+        raise UsageError(f"{directory}: a bench file is not valid JSON: {exc}") from None
+    if plan.get("format") != BENCH_FORMAT or not plan.get("shard"):
+        raise UsageError(f"{directory}: not a shard (made without --shard K/N, or by another bench format)")
+    return {"dir": directory.resolve(), "plan": plan, "guest": guest_status, "results": results}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard K/N."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit()) or not 1 <= int(k) <= int(n):
+        raise UsageError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/3")
+    return int(k), int(n)
 
 
 # ---------------------------------------------------------------- summary plot

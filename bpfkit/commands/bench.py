@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bpfkit import bench
+from bpfkit.lab import traffic
 
 
 def register(subparsers) -> None:
@@ -29,17 +30,42 @@ def register(subparsers) -> None:
     s.add_argument("--json", action="store_true", help="print bench.json instead of the tables")
     s.add_argument("--quick", action="store_true",
                    help="only what the targets need (13 runs instead of 25), shorter; about 6 minutes under TCG")
+    s.add_argument("--shard", metavar="K/N", type=str,
+                   help="measure only the K-th of N deterministic slices of the plan (e.g. one job of a CI matrix); "
+                        "`bpfkit bench merge` puts the shards' outputs together")
     s.set_defaults(handler=handle_schedulers)
+
+    m = sub.add_parser(
+        "merge",
+        help="combine the outputs of `bench schedulers --shard K/N` runs into one bench",
+        description="Reads each shard's OUT (plan.json, guest.json, results.json and the scenario results), checks that "
+                    "they are the N shards of one plan, and writes one bench into --out in the format of a single run "
+                    "(results.json, bench.json, bench.png, a report per scenario).",
+    )
+    m.add_argument("shards", nargs="+", type=Path, metavar="SHARD_DIR", help="the output directory of each shard")
+    m.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the merged bench goes (a new directory)")
+    m.add_argument("--json", action="store_true", help="print bench.json instead of the tables")
+    m.set_defaults(handler=handle_merge)
 
 
 def handle_schedulers(args) -> int:
+    shard = bench.parse_shard(args.shard) if args.shard else None
     out = args.out or bench.default_out()
     console = Console(stderr=True, soft_wrap=True)
-    what = "quick bench" if args.quick else "bench"
+    what = ("quick bench" if args.quick else "bench") + (f", shard {shard[0]}/{shard[1]}" if shard else "")
     console.print(f"{what}: one VM boot, results in {out}", highlight=False)
     # With --json stdout must stay pure JSON: the guest's output goes to stderr.
     echo = (lambda text: sys.stderr.write(text)) if args.json else None
-    result = bench.run(out, quick=args.quick, echo_guest=echo)
+    result = bench.run(out, quick=args.quick, shard=shard, echo_guest=echo)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
+    return 0
+
+
+def handle_merge(args) -> int:
+    result = bench.merge(args.out, args.shards)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -64,8 +90,9 @@ def print_report(result: dict) -> None:
         table.add_column(column, overflow="fold")
     for row in result["table"]:
         goodput = "—" if row["goodput_bps"] is None else f"{row['goodput_bps'] / 1e6:.2f}"
-        bulk = row["kind"] == "bulk"
-        completion = (f"{row['completion_mean_s']:.2f} s" if bulk and row["completion_mean_s"] is not None
+        model = traffic.model(row["kind"])
+        bulk = model.fills_paths  # goodput against capacity and default means something
+        completion = (f"{row['completion_mean_s']:.2f} s" if not model.percentiles and row["completion_mean_s"] is not None
                       else f"{_ms(row['completion_p50_s'])} / {_ms(row['completion_p99_s'])}")
         share = " / ".join(f"{p} {v * 100:.0f}%" for p, v in row["path_share"].items()) or "—"
         table.add_row(row["scenario"], f"[dim]{row['scheduler']}[/]" if row.get("reference") else row["scheduler"], f"{row['ok_runs']}/{row['runs']}", goodput,

@@ -246,3 +246,112 @@ def test_short_transfer_target_says_when_the_target_is_below_the_fast_path_alone
     # a slow minrtt leaves room under the fast path alone: no note
     doc["runs"][1]["completion_times_s"] = [0.30] * 3
     assert "note" not in _by_id(results)["wifi-lte-256k-blest"]
+
+
+# ---------------------------------------------------------------- shards
+
+
+def test_shards_partition_the_plan_deterministically(tmp_path):
+    for quick in (False, True):
+        whole = bench.make_plan(quick, tmp_path, bench.SCHEDULERS)
+        names = [e["name"] for e in [*whole["scenarios"], *whole["alone"]]]
+        for n in range(1, whole["entries"] + 1):
+            shards = [bench.make_plan(quick, tmp_path, bench.SCHEDULERS, (k, n)) for k in range(1, n + 1)]
+            got = [e["name"] for sh in shards for e in [*sh["scenarios"], *sh["alone"]]]
+            assert sorted(got) == sorted(names), (quick, n)  # every entry in exactly one shard
+            assert shards == [bench.make_plan(quick, tmp_path, bench.SCHEDULERS, (k, n)) for k in range(1, n + 1)]
+    with pytest.raises(bench.UsageError, match="N at most 7"):
+        bench.make_plan(True, tmp_path, bench.SCHEDULERS, (1, 8))
+    for text in ("0/3", "4/3", "2", "a/b", "-1/2", "1/0"):
+        with pytest.raises(bench.UsageError, match="expected K/N"):
+            bench.parse_shard(text)
+    assert bench.parse_shard("2/3") == (2, 3)
+
+
+def _fake_guest_output(out, plan: dict) -> None:
+    """What the guest writes for a plan, with runs shaped like the lab's."""
+    import json
+
+    from bpfkit.lab import runner
+
+    out.mkdir(parents=True, exist_ok=True)
+    status = {"started": "2026-12-04T03:00:00+00:00", "loaded": {s: {"ok": True, "error": None, "seconds": 11.0}
+                                                               for s in plan["bpf_schedulers"]},
+              "scenarios": {}, "via": "test", "seconds": 100.0}
+    for entry in [*plan["scenarios"], *plan["alone"]]:
+        sc = Scenario.from_dict(entry["scenario"])
+        runs = []
+        for scheduler in sc.schedulers:
+            for rep in range(sc.repetitions):
+                goodput = (0.9 + 0.01 * rep + 0.001 * len(scheduler)) * sc.capacity_bps
+                runs.append({**_run(scheduler, goodput=goodput, transfer=10.0,
+                                    completions=[0.05 + 0.001 * (i + rep + len(scheduler)) for i in range(20)]),
+                             "repetition": rep, "kind": sc.traffic.kind, "seed": sc.seed + rep,
+                             "bytes_by_path": {p.name: 1_000_000 for p in sc.paths}})
+        doc = {"format": runner.RESULTS_FORMAT, "scenario": sc.to_dict(), "kernel": "6.12.117-bpfkit",
+               "shaping": "netem", "shaping_note": "", "started": status["started"], "runs": runs}
+        runner.write_results(doc, out / entry["name"])
+        status["scenarios"][entry["name"]] = {"schedulers": list(sc.schedulers), "skipped": [], "ok": True,
+                                              "seconds": 10.0}
+    (out / "guest.json").write_text(json.dumps(status))
+    (out / "plan.json").write_text(json.dumps(plan))
+
+
+def test_merged_shards_are_the_bench_one_run_gives(tmp_path):
+    import json
+
+    built = {s: None for s in bench.BPF_SCHEDULERS}
+    vm = {"accel": "tcg", "boot_seconds": 11.5, "total_seconds": 300.0, "exit_code": 0}
+    single = tmp_path / "single"
+    plan = bench.make_plan(True, single, bench.SCHEDULERS)
+    _fake_guest_output(single, plan)
+    one = bench.collect(single, plan, built, vm)
+
+    shard_dirs = []
+    for k in (1, 2, 3):
+        d = tmp_path / f"shard-{k}"
+        shard_plan = bench.make_plan(True, d, bench.SCHEDULERS, (k, 3))
+        _fake_guest_output(d, shard_plan)
+        bench.collect(d, shard_plan, built, vm)
+        shard_dirs.append(d)
+    merged = bench.merge(tmp_path / "merged", list(reversed(shard_dirs)))
+
+    assert merged["table"] == one["table"] and merged["targets"] == one["targets"]
+    assert merged["targets_met"] == one["targets_met"] and merged["shard"] is None
+    assert merged["vm"]["total_seconds"] == 900.0
+    for name in ("results.json", "bench.json", "bench.png", "wifi-lte/report.md", "wifi-lte.wifi-alone/results.json"):
+        assert (tmp_path / "merged" / name).exists(), name
+    doc = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert list(doc["scenarios"]) == list(json.loads((single / "results.json").read_text())["scenarios"])
+
+    with pytest.raises(bench.UsageError, match="shard 2/3 missing"):
+        bench.merge(tmp_path / "m2", [shard_dirs[0], shard_dirs[2]])
+    with pytest.raises(bench.UsageError, match="given twice"):
+        bench.merge(tmp_path / "m3", [shard_dirs[0], shard_dirs[0], shard_dirs[1]])
+    with pytest.raises(bench.UsageError, match="not a shard"):
+        bench.merge(tmp_path / "m4", [single])
+    with pytest.raises(bench.UsageError, match="not the output of a bench run"):
+        bench.merge(tmp_path / "m5", [tmp_path / "nothing"])
+
+
+def test_the_github_actions_example_calls_bpfkit_as_it_parses():
+    """docs/ci/github-actions-bench.yml: every bpfkit command line in it is one the CLI accepts,
+    and its matrix covers shards 1..N of the N it names."""
+    import re
+    import shlex
+
+    from bpfkit import cli
+    from bpfkit.paths import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "docs" / "ci" / "github-actions-bench.yml").read_text()
+    commands = [shlex.split(line.split("bin/bpfkit", 1)[1].replace("${{ matrix.shard }}", "2"))
+                for line in text.splitlines() if "bin/bpfkit " in line]
+    assert {c[1] for c in commands} == {"schedulers", "merge"}
+    for argv in commands:
+        args = cli.make_parser(argv).parse_args(argv)
+        if args.bench_command == "schedulers":
+            k, n = bench.parse_shard(args.shard)
+            matrix = [int(x) for x in re.search(r"shard: \[([0-9, ]+)\]", text).group(1).split(",")]
+            assert matrix == list(range(1, n + 1))
+        else:
+            assert [p.name for p in args.shards] == [f"bench-shard-{k}" for k in range(1, n + 1)]
