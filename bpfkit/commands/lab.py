@@ -7,6 +7,8 @@ the report on the host, where matplotlib is fast."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -35,7 +37,9 @@ def register(subparsers) -> None:
         description="Exit status: 0 all runs passed (every byte verified), 1 some run failed, 2 bad input.",
     )
     r.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenario TOML file (see scenarios/README.md), or a resolved one (.json: Scenario.to_dict())")
-    r.add_argument("--schedulers", metavar="A,B", help="comma-separated schedulers, overriding the scenario's list")
+    r.add_argument("--schedulers", metavar="A,B", help="comma-separated schedulers, overriding the scenario's list; "
+                                                         "an entry that is a file (X.bpf.c or X.o) is built here, "
+                                                         "registered for the run and unloaded after it")
     where = r.add_mutually_exclusive_group()
     where.add_argument("--vm", dest="where", action="store_const", const="vm", help="measure inside the bpfkit VM (default if a non-default scheduler is used)")
     where.add_argument("--host", dest="where", action="store_const", const="host", help="measure on this kernel (root)")
@@ -50,6 +54,8 @@ def register(subparsers) -> None:
                                                        "sched trace) per run; the report adds a decision timeline")
     r.add_argument("--kernel", type=Path, metavar="PATH", help="VM kernel (bzImage or kernels/<key> dir); default: the cached build")
     r.add_argument("--vm-timeout", type=float, metavar="S", help="kill the VM after S seconds (default: from the scenario's timeouts)")
+    # What `--schedulers FILE` hands the guest: an object built on the host, to register for the run.
+    r.add_argument("--load", action="append", type=Path, default=[], metavar="OBJ", help=argparse.SUPPRESS)
     r.set_defaults(handler=handle_run)
 
     v = sub.add_parser("validate", help="check scenario files and print what they describe")
@@ -68,10 +74,10 @@ def register(subparsers) -> None:
 # ---------------------------------------------------------------- run
 
 
-def _scenario_from_args(args) -> Scenario:
+def _scenario_from_args(args, schedulers: list[str] | None) -> Scenario:
     scenario = load_scenario(args.scenario)
-    if args.schedulers is not None:
-        scenario = with_schedulers(scenario, [s.strip() for s in args.schedulers.split(",") if s.strip()])
+    if schedulers is not None:
+        scenario = with_schedulers(scenario, schedulers)
     if args.repetitions is not None:
         if args.repetitions < 1:
             raise UsageError(f"--repetitions must be >= 1, got {args.repetitions}")
@@ -88,17 +94,62 @@ def _default_out(scenario: Scenario) -> Path:
     return Path("results") / "lab" / f"{scenario.name}-{stamp}"
 
 
+def _is_scheduler_file(entry: str) -> bool:
+    return entry.endswith((".bpf.c", ".c", ".o")) or "/" in entry
+
+
+def _build_scheduler_files(files: list[str], where: str, kernel: Path | None) -> dict[str, Path]:
+    """`--schedulers` entries that are files → {registered name: object}, each built for
+    the kernel that measures (the VM kernel's BTF for --vm: the guest finds the object in
+    the shared cache and compiles nothing)."""
+    from bpfkit.loader import build
+    from bpfkit.sched import lifecycle
+
+    target = None  # the running kernel
+    if where == "host":
+        lifecycle.require_struct_ops_support()  # the doctor's words, not clang's about a missing type
+    elif kernel is None:
+        from bpfkit.kernel import kbuild
+
+        target = kbuild.default_kernel().vmlinux
+    elif (kernel / "vmlinux").is_file():
+        target = kernel / "vmlinux"
+    else:
+        raise UsageError(f"--kernel {kernel}: a scheduler file is built against the kernel's BTF, which needs "
+                         "a kernel build directory with its vmlinux", hint="give kernels/<key>, not a bzImage")
+    objects: dict[str, Path] = {}
+    for entry in files:
+        source = lifecycle.resolve_source(entry)
+        obj = source if lifecycle.is_object(source) else build.compile_bpf(source, kernel=target).path
+        name = lifecycle.pick_ops_map(source, lifecycle.ops_maps_of_object(obj)).name
+        if name == lifecycle.DEFAULT or name in objects:
+            raise UsageError(f"--schedulers: {entry} registers {name!r}, "
+                             + ("the in-kernel scheduler's name" if name == lifecycle.DEFAULT else "as another entry does"))
+        objects[name] = obj
+    return objects
+
+
 def handle_run(args) -> int:
-    scenario = _scenario_from_args(args)  # every input error surfaces here, before anything starts
+    entries = None
+    if args.schedulers is not None:
+        entries = [s.strip() for s in args.schedulers.split(",") if s.strip()]
+    files = [e for e in entries or () if _is_scheduler_file(e)]
+    objects: dict[str, Path] = {}
+    if files:
+        objects = _build_scheduler_files(files, args.where or "vm", args.kernel)
+        by_file = dict(zip(files, objects))
+        entries = [by_file.get(e, e) for e in entries]
+    scenario = _scenario_from_args(args, entries)  # every input error surfaces here, before anything starts
     where = args.where or ("vm" if any(s != "default" for s in scenario.schedulers) else "host")
     out = (args.out or _default_out(scenario)).resolve()
     console = Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
     if where == "vm":
-        exit_code = _run_in_vm(args, scenario, out, console)
+        exit_code = _run_in_vm(args, scenario, out, console, list(objects.values()))
         doc = runner.load_results(out)
     else:
-        doc = _run_on_host(scenario, args.shaping, console, quiet=args.json, trace_decisions=args.trace)
+        with _registered([*objects.values(), *args.load], console):
+            doc = _run_on_host(scenario, args.shaping, console, quiet=args.json, trace_decisions=args.trace)
         runner.write_results(doc, out)
         exit_code = 0 if all(r["ok"] for r in doc["runs"]) else 1
     files = [out / "results.json"]
@@ -159,7 +210,29 @@ def _run_on_host(scenario: Scenario, shaping: str, console: Console, quiet: bool
                                    observe=observe)
 
 
-def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
+@contextlib.contextmanager
+def _registered(objects: list[Path], console: Console):
+    """Register the scheduler objects for the run; unload those this run registered."""
+    if not objects:
+        yield
+        return
+    from bpfkit.sched import lifecycle
+
+    ours = []
+    try:
+        for obj in objects:
+            result = lifecycle.load(str(obj))
+            if not result.already_loaded:
+                ours.append(result.record.name)
+            console.print(f"registered {result.record.name} from {obj}", highlight=False)
+        yield
+    finally:
+        for name in ours:
+            lifecycle.unload(name, force=True)  # force: a namespace of a killed run may still select it
+            console.print(f"unloaded {name}", highlight=False)
+
+
+def _run_in_vm(args, scenario: Scenario, out: Path, console: Console, objects: list[Path]) -> int:
     from bpfkit.kernel import vm
 
     # The guest gets the scenario resolved here (flags applied), as the bench's plan gives
@@ -171,6 +244,8 @@ def _run_in_vm(args, scenario: Scenario, out: Path, console: Console) -> int:
                "--shaping", args.shaping]
     if args.trace:
         command.append("--trace")
+    for obj in [*objects, *args.load]:
+        command += ["--load", str(obj)]
     runs = len(scenario.schedulers) * scenario.repetitions
     timeout = args.vm_timeout or runs * (scenario.effective_timeout_s + runner.GUEST_PER_RUN_MARGIN_S) + vm.BOOT_MARGIN_S
     console.print(f"measuring in the bpfkit VM ({runs} runs); results in {out}", highlight=False)

@@ -65,3 +65,34 @@ def test_handover_completes_in_the_vm():
     assert run["ok"], run["failures"]
     assert run["sides"]["client"]["received_bytes"] == sc.traffic.bytes
     assert run["bytes_by_path"]["lte"] > 0
+
+
+def test_a_scheduler_file_is_registered_for_the_run_and_unloaded(tmp_path):
+    """`lab run --schedulers default,FILE` (what `lab run --vm` does in the guest, where the
+    file arrives built): the file's scheduler is registered, measured beside default and
+    unloaded. tests/bpf/sched_first.bpf.c sends everything on the first subflow, so its run
+    leaves the second path nearly idle while default uses both."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sc = parse_scenario({
+        "duration": "4s",
+        "paths": {"wifi": {"rate": "2mbit", "delay": "10ms"}, "lte": {"rate": "2mbit", "delay": "10ms"}},
+        "traffic": {"kind": "bulk", "time": "4s"},
+    })
+    job = tmp_path / "scenario.json"
+    job.write_text(json.dumps(sc.to_dict()))
+    first = Path(__file__).resolve().parent.parent / "bpf" / "sched_first.bpf.c"
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bpfkit", "lab", "run", str(job), "--host", "--no-report",
+                           "--out", str(out), "--schedulers", f"default,{first}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "registered bpf_first" in proc.stderr and "unloaded bpf_first" in proc.stderr
+    runs = {r["scheduler"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert set(runs) == {"default", "bpf_first"} and all(r["ok"] for r in runs.values())
+    assert min(runs["default"]["bytes_by_path"].values()) > 100_000
+    assert runs["bpf_first"]["bytes_by_path"].get("lte", 0) < 0.05 * sum(runs["bpf_first"]["bytes_by_path"].values())
+    assert "bpf_first" not in Path("/proc/sys/net/mptcp/available_schedulers").read_text().split()
