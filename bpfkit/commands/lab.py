@@ -221,10 +221,11 @@ def _registered(objects: list[Path], console: Console):
     ours = []
     try:
         for obj in objects:
+            t0 = time.monotonic()
             result = lifecycle.load(str(obj))
             if not result.already_loaded:
                 ours.append(result.record.name)
-            console.print(f"registered {result.record.name} from {obj}", highlight=False)
+            console.print(f"registered {result.record.name} from {obj} ({time.monotonic() - t0:.1f} s)", highlight=False)
         yield
     finally:
         for name in ours:
