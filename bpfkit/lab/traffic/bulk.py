@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from bpfkit.lab.traffic import model
-from bpfkit.lab.traffic.model import Figures, TrafficModel
+from bpfkit.lab.traffic.model import Figures, TrafficModel, parse_direction, time_within
 from bpfkit.lab.traffic.wire import IO_CHUNK, PatternStream, Side, TrafficFailure, check_deadline
 from bpfkit.lab.values import Checker, format_time, parse_size
 
@@ -30,13 +29,13 @@ class Bulk(TrafficModel):
 
     @classmethod
     def parse(cls, c: Checker, data: dict, duration: float) -> Bulk:
-        direction = model.direction(c, data)
+        direction = parse_direction(c, data)
         if "bytes" in data and "time" in data:
             c.fail("traffic.bytes", "give either bytes or time, not both")
         if "bytes" in data:
             size = c.positive("traffic.bytes", c.value("traffic.bytes", parse_size, data["bytes"]))
             return cls(direction=direction, bytes=size)
-        return cls(direction=direction, time_s=model.time_within(c, data, "time", duration))
+        return cls(direction=direction, time_s=time_within(c, data, "time", duration))
 
     def scaled(self, factor: float) -> Bulk:
         return replace(self, bytes=None if self.bytes is None else max(1, int(self.bytes * factor)),

@@ -10,8 +10,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from bpfkit.lab.traffic import model
-from bpfkit.lab.traffic.model import Figures, TrafficModel
+from bpfkit.lab.traffic.model import Figures, TrafficModel, parse_direction, receiver_figures, time_within
 from bpfkit.lab.traffic.wire import PatternStream, Side, TrafficFailure, check_deadline, recv_exact
 from bpfkit.lab.values import Checker, format_rate, format_time, parse_rate, parse_size
 
@@ -35,7 +34,7 @@ class Cbr(TrafficModel):
 
     @classmethod
     def parse(cls, c: Checker, data: dict, duration: float) -> Cbr:
-        direction = model.direction(c, data)
+        direction = parse_direction(c, data)
         if "rate" not in data:
             c.fail("traffic.rate", "required key is missing")
         rate = c.positive("traffic.rate", c.value("traffic.rate", parse_rate, data["rate"]))
@@ -43,7 +42,7 @@ class Cbr(TrafficModel):
         if message < HEADER.size:
             c.fail("traffic.message_size", f"must be >= {HEADER.size} bytes (sequence number and timestamp), got {message}")
         return cls(direction=direction, cbr_rate_bps=rate, message_size=message,
-                   time_s=model.time_within(c, data, "time", duration))
+                   time_s=time_within(c, data, "time", duration))
 
     def scaled(self, factor: float) -> Cbr:
         return replace(self, time_s=self.time_s * factor)
@@ -57,7 +56,7 @@ class Cbr(TrafficModel):
 
     def figures(self, sides: dict[str, dict]) -> Figures:
         receiver = sides["client" if self.data_sender == "server" else "server"]
-        goodput, transfer = model.receiver_figures(receiver)
+        goodput, transfer = receiver_figures(receiver)
         return Figures(goodput_bps=goodput, transfer_time_s=transfer, completion_times_s=receiver.get("latencies_s", []))
 
 

@@ -94,7 +94,7 @@ def time_within(c: Checker, data: dict, key: str, duration: float) -> float:
     return t
 
 
-def direction(c: Checker, data: dict) -> str:
+def parse_direction(c: Checker, data: dict) -> str:
     value = data.get("direction", "download")
     if value not in DIRECTIONS:
         c.fail("traffic.direction", f"must be 'download' (server → client) or 'upload', got {value!r}")

@@ -11,8 +11,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from bpfkit import mptcp_sockopt
-from bpfkit.lab.traffic import model
-from bpfkit.lab.traffic.model import Figures, TrafficModel
+from bpfkit.lab.traffic.model import Figures, TrafficModel, receiver_figures
 from bpfkit.lab.traffic.wire import PatternStream, Side, TrafficFailure, recv_exact
 from bpfkit.lab.values import Checker, format_time, parse_size
 
@@ -84,7 +83,7 @@ class RequestResponse(TrafficModel):
             # the timed requests would then measure the join, not the scheduler on every path
             failures.append(f"client: warm-up: {warmup['subflows_up']} of {warmup['subflows_expected']} subflows "
                             f"usable after {warmup['seconds']:g} s")
-        goodput, transfer = model.receiver_figures(c)
+        goodput, transfer = receiver_figures(c)
         return Figures(goodput_bps=goodput, transfer_time_s=transfer,
                        completion_times_s=c.get("completion_times_s", []), failures=failures)
 
