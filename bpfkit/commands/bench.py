@@ -56,17 +56,15 @@ def handle_schedulers(args) -> int:
     console.print(f"{what}: one VM boot, results in {out}", highlight=False)
     # With --json stdout must stay pure JSON: the guest's output goes to stderr.
     echo = (lambda text: sys.stderr.write(text)) if args.json else None
-    result = bench.run(out, quick=args.quick, shard=shard, echo_guest=echo)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_report(result)
-    return 0
+    return _show(bench.run(out, quick=args.quick, shard=shard, echo_guest=echo), args.json)
 
 
 def handle_merge(args) -> int:
-    result = bench.merge(args.out, args.shards)
-    if args.json:
+    return _show(bench.merge(args.out, args.shards), args.json)
+
+
+def _show(result: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         print_report(result)
