@@ -70,6 +70,10 @@ def test_no_import_cycles():
     ("bpfkit.loader", ("bpfkit.mptcpize", "bpfkit.subflow", "bpfkit.sched", "bpfkit.lab", "bpfkit.kernel.kbuild",
                        "bpfkit.bench")),
     ("bpfkit.sched.registry", ("bpfkit.loader", "bpfkit.kernel", "bpfkit.lab")),
+    # a pillar: nothing of another pillar
+    ("bpfkit.mptcpize", ("bpfkit.subflow", "bpfkit.sched", "bpfkit.lab", "bpfkit.bench")),
+    ("bpfkit.subflow", ("bpfkit.mptcpize", "bpfkit.sched", "bpfkit.lab", "bpfkit.bench")),
+    ("bpfkit.sched", ("bpfkit.mptcpize", "bpfkit.subflow", "bpfkit.lab", "bpfkit.bench")),
 ])
 def test_a_layer_imports_nothing_it_must_not(layer, forbidden):
     modules = _modules()
