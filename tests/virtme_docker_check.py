@@ -70,20 +70,6 @@ def run_exec_run(tree: Path, tests: str, *, expect_all: str, results: Path) -> t
     return verdicts, out
 
 
-def check_fail_and_skip(tmp: Path) -> None:
-    """The two outcomes that are not a plain pass, through the hook: one pytest run each plus
-    the collection (a pass is what the real VM-tier test through the hook shows)."""
-    tree, fixtures = make_tree(tmp)
-    outcomes = fixtures / "test_outcomes.py"
-    verdicts, out = run_exec_run(tree, f"{outcomes}::test_fails {outcomes}::test_skips", expect_all="0",
-                                 results=tmp / "results")
-    assert verdicts == {
-        "bpfkit_test_outcomes.py_test_fails": (False, "FAIL"),
-        "bpfkit_test_outcomes.py_test_skips": (True, "SKIP"),
-    }, out
-    assert "feature missing" in out  # pytest's skip reason reaches the TAP diagnostics
-
-
 def check_outcome_mapping(tmp: Path, *, with_collection_error: bool = True) -> None:
     tree, fixtures = make_tree(tmp)
     outcomes = fixtures / "test_outcomes.py"
