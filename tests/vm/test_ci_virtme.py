@@ -7,7 +7,7 @@ on the host."""
 
 import pytest
 
-from tests.virtme_docker_check import make_tree, run_exec_run
+from tests.virtme_docker_check import FIXTURE_TESTS, make_tree, run_exec_run
 
 pytestmark = pytest.mark.vm
 
@@ -17,12 +17,14 @@ def test_exec_run_maps_a_real_pass_a_fail_and_a_skip_in_guest(tmp_path):
     # runs (the fixtures' fail and skip, then a real VM-tier test) took 168 + 138 s in a
     # clean-clone CI run (2026-12-04); one collection fewer is the saving.
     tree, fixtures = make_tree(tmp_path)
-    outcomes = fixtures / "test_outcomes.py"
+    # collected in one session with the project's tests, the fixtures need a tier marker too
+    outcomes = fixtures / "test_vm_outcomes.py"
+    outcomes.write_text("import pytest\n\npytestmark = pytest.mark.vm\n" + FIXTURE_TESTS)
     selection = f"{outcomes}::test_fails {outcomes}::test_skips tests/vm/test_lab_vm.py::test_vm_kernel_has_netem"
     verdicts, out = run_exec_run(tree, selection, expect_all="0", results=tmp_path / "results")
     assert verdicts == {
-        "bpfkit_test_outcomes.py_test_fails": (False, "FAIL"),
-        "bpfkit_test_outcomes.py_test_skips": (True, "SKIP"),
+        "bpfkit_test_vm_outcomes.py_test_fails": (False, "FAIL"),
+        "bpfkit_test_vm_outcomes.py_test_skips": (True, "SKIP"),
         "bpfkit_test_lab_vm.py_test_vm_kernel_has_netem": (True, ""),
     }, out
     assert "feature missing" in out  # pytest's skip reason reaches the TAP diagnostics
