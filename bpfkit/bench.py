@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bpfkit.sched import registry
+from bpfkit import fs
 from bpfkit.errors import BpfkitError, UsageError
 from bpfkit.paths import BPF_DIR, PROJECT_ROOT
+from bpfkit.sched import registry
 
 if TYPE_CHECKING:
     from bpfkit.lab.scenario import Scenario
@@ -519,8 +520,7 @@ def run(out: Path, *, quick: bool, shard: tuple[int, int] | None = None, echo_gu
 
     started = time.monotonic()
     make_plan(quick, out, SCHEDULERS, shard)  # a bad --shard is refused before anything is built
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = fs.output_dir(out.resolve())
     kernel = kbuild.default_kernel()  # the VM boots this one; objects are prebuilt for its BTF
     built = prebuild(kernel.vmlinux)
     schedulers = (DEFAULT, *[n for n, error in built.items() if error is None])
@@ -621,7 +621,7 @@ def merge(out: Path, shard_dirs: list[Path]) -> dict:
     out = out.resolve()
     if any(out == sh["dir"] for sh in shards):
         raise UsageError(f"--out {out} is one of the shards: merge into a new directory")
-    out.mkdir(parents=True, exist_ok=True)
+    fs.output_dir(out)
     _remove_previous_outputs(out)
     by_index = lambda e: e["index"]  # noqa: E731
     plan = {**first["plan"], "out": str(out), "shard": None, "merged_from": [str(sh["dir"]) for sh in shards],

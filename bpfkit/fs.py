@@ -58,6 +58,21 @@ def private_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """A directory results go to, created with its parents if missing; one UsageError
+    (naming the option) when it cannot be one: a file is there, or it is not writable."""
+    from bpfkit.errors import UsageError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot be used as a directory: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: not writable")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, data: str | bytes, mode: int = 0o644) -> None:
     """Write `path` whole or not at all: a temporary file created exclusively (O_EXCL,
     random name) in the same directory, then renamed over `path`. rename(2) replaces a

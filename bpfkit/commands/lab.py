@@ -141,7 +141,7 @@ def handle_run(args) -> int:
         entries = [by_file.get(e, e) for e in entries]
     scenario = _scenario_from_args(args, entries)  # every input error surfaces here, before anything starts
     where = args.where or ("vm" if any(s != "default" for s in scenario.schedulers) else "host")
-    out = (args.out or _default_out(scenario)).resolve()
+    out = fs.output_dir((args.out or _default_out(scenario)).resolve())  # before anything is measured
     console = Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
     if where == "vm":
@@ -238,7 +238,6 @@ def _run_in_vm(args, scenario: Scenario, out: Path, console: Console, objects: l
 
     # The guest gets the scenario resolved here (flags applied), as the bench's plan gives
     # it its scenarios: one description of what to measure, read by Scenario.from_dict.
-    out.mkdir(parents=True, exist_ok=True)
     job = out / "scenario.json"
     fs.atomic_write(job, json.dumps(scenario.to_dict(), indent=1))
     command = [sys.executable, "-m", "bpfkit", "lab", "run", str(job), "--host", "--no-report", "--out", str(out),

@@ -23,3 +23,19 @@ def test_control_characters_are_escaped_in_errors(capsys):
     assert cli.main(["build", "--cflags=-o\x1b[2J", "x.bpf.c"]) == 2
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b[2J" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["lab", "run", "scenarios/wifi-lte.toml", "--host", "--out", "{file}"],
+    ["lab", "run", "scenarios/wifi-lte.toml", "--host", "--out", "{file}/below"],
+    ["bench", "schedulers", "--quick", "--out", "{file}"],
+])
+def test_an_output_directory_that_cannot_be_one_is_one_error(tmp_path, capsys, argv):
+    """Refused before anything is built or measured: exit 2, one line, no traceback."""
+    from bpfkit import cli
+
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    code = cli.main([a.replace("{file}", str(file)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be used as a directory" in err and "Traceback" not in err
