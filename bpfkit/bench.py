@@ -494,8 +494,10 @@ def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...], shard: tuple[
             raise UsageError(f"--shard {k}/{n}: K must be 1..N and N at most {len(entries)} (the plan's entries)")
         scenarios = [e for e in scenarios if e["index"] % n == k - 1]
         alone = [e for e in alone if e["index"] % n == k - 1]
+    # registered in the guest: only what this plan's scenarios run (a registration costs ~11 s under TCG)
+    used = {s for e in scenarios for s in e["scenario"]["schedulers"]}
     return {"format": BENCH_FORMAT, "quick": quick, "out": str(out), "shard": list(shard) if shard else None,
-            "entries": len(entries), "bpf_schedulers": [s for s in schedulers if s != DEFAULT],
+            "entries": len(entries), "bpf_schedulers": [s for s in schedulers if s != DEFAULT and s in used],
             "scenarios": scenarios, "alone": alone}
 
 
@@ -670,8 +672,17 @@ def _read_shard(directory: Path) -> dict:
         raise UsageError(f"{directory}: not the output of a bench run ({exc.filename}: {exc.strerror})") from None
     except ValueError as exc:
         raise UsageError(f"{directory}: a bench file is not valid JSON: {exc}") from None
-    if plan.get("format") != BENCH_FORMAT or not plan.get("shard"):
+    if not all(isinstance(d, dict) for d in (plan, guest_status, results)) or plan.get("format") != BENCH_FORMAT \
+            or not plan.get("shard"):
         raise UsageError(f"{directory}: not a shard (made without --shard K/N, or by another bench format)")
+    shard, entries = plan.get("shard"), [*plan.get("scenarios", []), *plan.get("alone", [])]
+    well_formed = (isinstance(shard, list) and len(shard) == 2 and all(isinstance(x, int) for x in shard)
+                   and isinstance(plan.get("entries"), int) and isinstance(plan.get("quick"), bool)
+                   and all(isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("index"), int)
+                           and isinstance(e.get("scenario"), dict) for e in entries)
+                   and isinstance(guest_status.get("loaded", {}), dict))
+    if not well_formed:
+        raise UsageError(f"{directory}/plan.json: not the plan of a bench shard (a key is missing or of another type)")
     return {"dir": directory.resolve(), "plan": plan, "guest": guest_status, "results": results}
 
 

@@ -260,6 +260,9 @@ def test_shards_partition_the_plan_deterministically(tmp_path):
             got = [e["name"] for sh in shards for e in [*sh["scenarios"], *sh["alone"]]]
             assert sorted(got) == sorted(names), (quick, n)  # every entry in exactly one shard
             assert shards == [bench.make_plan(quick, tmp_path, bench.SCHEDULERS, (k, n)) for k in range(1, n + 1)]
+            for sh in shards:  # a shard's guest registers what its scenarios run, nothing more
+                used = {s for e in sh["scenarios"] for s in e["scenario"]["schedulers"]} - {"default"}
+                assert set(sh["bpf_schedulers"]) == used
     with pytest.raises(bench.UsageError, match="N at most 7"):
         bench.make_plan(True, tmp_path, bench.SCHEDULERS, (1, 8))
     for text in ("0/3", "4/3", "2", "a/b", "-1/2", "1/0"):
@@ -332,6 +335,11 @@ def test_merged_shards_are_the_bench_one_run_gives(tmp_path):
         bench.merge(tmp_path / "m4", [single])
     with pytest.raises(bench.UsageError, match="not the output of a bench run"):
         bench.merge(tmp_path / "m5", [tmp_path / "nothing"])
+    plan = json.loads((shard_dirs[1] / "plan.json").read_text())
+    plan["scenarios"][0]["index"] = "first"  # a hand-edited plan: one error, not a traceback
+    (shard_dirs[1] / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(bench.UsageError, match="not the plan of a bench shard"):
+        bench.merge(tmp_path / "m6", shard_dirs)
 
 
 def test_the_github_actions_example_calls_bpfkit_as_it_parses():
