@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bpfkit import fs
 from bpfkit.kernel import kbuild, vm
 from bpfkit.errors import UsageError, VmError
 
@@ -108,8 +109,7 @@ def handle_selftests(args) -> int:
     scripts = selftests.resolve_scripts(_names(args.tests) if args.tests else None, selftests.scripts_in(install_dir))
     timeout = args.script_timeout or selftests.script_timeout(install_dir)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = (args.out or cache_dir() / "selftests-runs" / stamp).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = fs.output_dir((args.out or cache_dir() / "selftests-runs" / stamp).resolve())
     if args.retries < 0:
         raise UsageError(f"--retries must be >= 0, got {args.retries}")
     accel = vm.choose_accel(bzimage)  # the run's, decided once per host (cached probe)
