@@ -18,10 +18,19 @@
  * value. Both helpers are available to tracing programs on 6.12.
  *
  * Everything is in maps, so adding or removing a cgroup needs no reload.
+ *
+ * Network namespaces: a selected cgroup's processes may create sockets in any
+ * netns (containers). Where net.mptcp.enabled = 0, an MPTCP socket() fails
+ * with ENOPROTOOPT (mptcp_init_sock), so rewriting there would break every TCP
+ * client. The program reads the flag of the socket's netns (the caller's, as
+ * socket(2) uses current->nsproxy->net_ns) at each socket() and leaves the
+ * socket TCP where it is 0, so turning MPTCP off after attaching is honoured
+ * at once. See mptcp_enabled_here() for how the flag is found.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "bpfkit.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -38,6 +47,7 @@ struct selected_cgroup {
 	__u64 rewrites;   /* sockets turned into MPTCP; bumped atomically */
 	__u32 families;   /* FAMILY_INET | FAMILY_INET6: which socket families to rewrite */
 	__u32 exclusions; /* entries in excluded_comms for this cgroup (0: skip that lookup) */
+	__u64 left_tcp;   /* sockets left TCP: MPTCP disabled in their netns; bumped atomically */
 };
 
 struct {
@@ -72,6 +82,77 @@ static __always_inline bool excluded(__u64 cgroup_id)
 	return bpf_map_lookup_elem(&excluded_comms, &key) != NULL;
 }
 
+/* The kernel keeps net.mptcp.enabled in struct mptcp_pernet, reached as
+ * net->gen->ptr[mptcp_pernet_id] (net_generic(); net/mptcp/ctrl.c). The id is a
+ * static variable: not in BTF, and in /proc/kallsyms only with
+ * CONFIG_KALLSYMS_ALL (off on this project's 6.18 host). It is the same in every
+ * netns, so it is found once, by a signature that only the MPTCP entry has: its
+ * first field is its sysctl table's header, and that table's first entry
+ * ("enabled", since v5.6) points at the entry's own mptcp_enabled byte. The
+ * struct is in every MPTCP kernel's BTF (CONFIG_MPTCP is built-in only); the
+ * ___bpfkit flavour names just the two fields read, relocated by CO-RE. */
+struct mptcp_pernet___bpfkit {
+	struct ctl_table_header *ctl_table_hdr;
+	__u8 mptcp_enabled;
+} __attribute__((preserve_access_index));
+
+/* net_generic's first slots hold its length and an rcu_head, not ids
+ * (MIN_PERNET_OPS_ID); ids are registration order, and MPTCP registers at
+ * boot from inet_init(), so it is among the first few dozen. */
+#define PERNET_ID_FIRST ((sizeof(struct net_generic) + sizeof(void *) - 1) / sizeof(void *))
+#define PERNET_ID_SCAN 128
+
+__u32 mptcp_pernet_id; /* 0 until found; the same for every netns */
+
+static __always_inline void *pernet_at(struct net_generic *gen, __u32 id)
+{
+	void *entry = NULL;
+
+	bpf_probe_read_kernel(&entry, sizeof(entry), &gen->ptr[id]);
+	return entry;
+}
+
+static __always_inline bool is_mptcp_pernet(struct mptcp_pernet___bpfkit *pernet)
+{
+	const struct ctl_table *table;
+
+	if (!pernet)
+		return false;
+	table = BPF_CORE_READ(pernet, ctl_table_hdr, ctl_table);
+	return table && BPF_CORE_READ(table, data) == (void *)&pernet->mptcp_enabled;
+}
+
+/* 1 if MPTCP is enabled in the calling task's netns, 0 if not, -1 if the flag
+ * cannot be found (then the rewrite goes ahead, as before this check). */
+static __always_inline int mptcp_enabled_here(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct net_generic *gen = BPF_CORE_READ(task, nsproxy, net_ns, gen);
+	struct mptcp_pernet___bpfkit *pernet;
+	__u32 id = mptcp_pernet_id, len, i;
+
+	if (!gen)
+		return -1;
+	len = BPF_CORE_READ(gen, s.len);
+	if (!id) {
+		for (i = PERNET_ID_FIRST; i < PERNET_ID_SCAN && i < len; i++) {
+			if (is_mptcp_pernet(pernet_at(gen, i))) {
+				id = i;
+				mptcp_pernet_id = i;
+				break;
+			}
+		}
+		if (!id)
+			return -1;
+	}
+	if (id >= len)
+		return -1;
+	pernet = pernet_at(gen, id);
+	if (!pernet)
+		return -1;
+	return BPF_CORE_READ(pernet, mptcp_enabled) != 0;
+}
+
 SEC("fmod_ret/update_socket_protocol")
 int BPF_PROG(mptcpify, int family, int type, int protocol)
 {
@@ -104,6 +185,10 @@ int BPF_PROG(mptcpify, int family, int type, int protocol)
 		return protocol;
 	if (selected->exclusions && excluded(selected_id))
 		return protocol;
+	if (mptcp_enabled_here() == 0) {
+		__sync_fetch_and_add(&selected->left_tcp, 1);
+		return protocol;
+	}
 
 	__sync_fetch_and_add(&selected->rewrites, 1);
 	return IPPROTO_MPTCP;

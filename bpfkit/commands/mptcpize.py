@@ -137,7 +137,8 @@ def handle_status(args) -> int:
         print(f"pins: {info['pins']['link']}, " + ", ".join(info["pins"]["maps"].values()))
         for c in info["cgroups"]:
             extra = f", excluding {', '.join(c['exclude'])}" if c["exclude"] else ""
-            print(f"  {c['path'] or '(removed cgroup)'}  id {c['id']}  rewrites {c['rewrites']}  "
+            left = f", {c['left_tcp']} left TCP (MPTCP disabled in their netns)" if c["left_tcp"] else ""
+            print(f"  {c['path'] or '(removed cgroup)'}  id {c['id']}  rewrites {c['rewrites']}{left}  "
                   f"families {'+'.join(c['families'])}{extra}")
     for cg_id in info["collected_stale_cgroup_ids"]:
         print(f"collected cgroup id {cg_id}: the cgroup no longer exists")

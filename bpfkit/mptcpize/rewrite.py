@@ -57,7 +57,7 @@ MAX_CGROUP_DEPTH = 32
 COMM_LEN = 16
 FAMILY_BITS = {"inet": 1 << 0, "inet6": 1 << 1}
 # Checked against the object's BTF when it is opened (libbpf.Layout).
-_VALUE = libbpf.Layout("selected_cgroup", "<QII", ("rewrites", "families", "exclusions"))
+_VALUE = libbpf.Layout("selected_cgroup", "<QIIQ", ("rewrites", "families", "exclusions", "left_tcp"))
 _EXCLUSION_KEY = libbpf.Layout("exclusion_key", "<Q16s", ("cgroup_id", "comm"))
 LAYOUTS = (_VALUE, _EXCLUSION_KEY)
 
@@ -191,8 +191,9 @@ class Pinned:
                               hint="bpfkit mptcpize detach --all") from None
         return cls(link, *maps)
 
-    def selected(self) -> dict[int, tuple[int, int, int]]:
-        """cgroup id -> (rewrites, family mask, exclusion count)."""
+    def selected(self) -> dict[int, tuple[int, int, int, int]]:
+        """cgroup id -> (rewrites, family mask, exclusion count, sockets left TCP because
+        MPTCP is disabled in their network namespace)."""
         return {int.from_bytes(k, "little"): _VALUE.unpack(v) for k, v in self.cgroups.items()}
 
     def exclusions(self) -> dict[int, list[str]]:
@@ -362,12 +363,12 @@ def _select(pinned_maps: tuple[libbpf.Map, libbpf.Map], cg_id: int, options: Opt
     for comm in options.exclude:
         excluded_map.update(_EXCLUSION_KEY.pack(cg_id, comm.encode()), 1)
     _step("exclusions-written")
-    cgroups_map.update(cg_id, _VALUE.pack(0, options.family_mask, len(options.exclude)), libbpf.BPF_NOEXIST)
+    cgroups_map.update(cg_id, _VALUE.pack(0, options.family_mask, len(options.exclude), 0), libbpf.BPF_NOEXIST)
     _step("cgroup-selected")
 
 
 def _options_of(pinned: Pinned, cg_id: int) -> Options:
-    _rewrites, mask, _count = pinned.selected()[cg_id]
+    _rewrites, mask, _count, _left_tcp = pinned.selected()[cg_id]
     families = tuple(f for f, bit in FAMILY_BITS.items() if mask & bit)
     return Options(families, tuple(pinned.exclusions().get(cg_id, [])))
 
@@ -473,11 +474,12 @@ def status() -> dict:
             pinned.close()
     paths = cgroup_paths(selected)
     result.update(attached=True, program_id=info["prog_id"], link_id=info["id"])
-    for cg_id, (rewrites, mask, _count) in sorted(selected.items()):
+    for cg_id, (rewrites, mask, _count, left_tcp) in sorted(selected.items()):
         result["cgroups"].append({
             "path": str(paths[cg_id]) if cg_id in paths else None,
             "id": cg_id,
             "rewrites": rewrites,
+            "left_tcp": left_tcp,
             "families": [f for f, bit in FAMILY_BITS.items() if mask & bit],
             "exclude": exclusions.get(cg_id, []),
         })

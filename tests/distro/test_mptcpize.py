@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import cgroup, cli, mptcp_sockopt
+from bpfkit import cgroup, cli, mptcp_sockopt, netns
 from bpfkit.mptcpize import rewrite, systemd
 from bpfkit.loader import libbpf
 from bpfkit.errors import UsageError
@@ -285,6 +285,63 @@ def test_exclusion_by_executable_name(cg):
         assert not seen["mptcp"]  # busybox is excluded
         assert_mptcp_connection(*connect_from(cg, srv))  # this process (pytest) is not
     assert cgroup_status(cg)["exclude"] == ["busybox"]
+
+
+# --------------------------------------------------------------------------- network namespaces
+
+@pytest.fixture
+def container_netns():
+    """A namespace like a container's, with loopback up."""
+    from pyroute2 import netns as pyroute2_netns
+
+    name = f"bpfkit-test-mptcpize-{os.getpid()}"
+    pyroute2_netns.create(name)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=60)
+        yield name
+    finally:
+        pyroute2_netns.remove(name)
+
+
+def tcp_roundtrip_in(name: str) -> tuple[int, int]:
+    """In namespace `name`: a listener and a client (both created by this process, so in its
+    cgroup) exchange a byte. Returns both sockets' SO_PROTOCOL, or raises what socket() raised."""
+    def exchange():
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(1)
+            with socket.create_connection(srv.getsockname(), timeout=60) as client:
+                conn, _ = srv.accept()
+                with conn:
+                    client.sendall(b"x")
+                    assert conn.recv(1) == b"x"
+                return (client.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
+                        srv.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+    return netns.call_in(name, exchange)
+
+
+def test_a_namespace_with_mptcp_disabled_keeps_tcp_working(attached, container_netns):
+    """A container in a selected cgroup whose namespace has net.mptcp.enabled = 0: its TCP
+    sockets stay TCP and work (rewritten, socket() would fail with ENOPROTOOPT), counted as left
+    TCP; the same process's sockets in an enabled namespace are still rewritten."""
+    netns.sysctl_write(container_netns, {"net.mptcp.enabled": "0"})
+    with inside(attached):
+        assert tcp_roundtrip_in(container_netns) == (socket.IPPROTO_TCP, socket.IPPROTO_TCP)
+        assert protocol_in(None) == IPPROTO_MPTCP  # this namespace: enabled
+    entry = cgroup_status(attached)
+    assert (entry["rewrites"], entry["left_tcp"]) == (1, 2), entry
+
+
+def test_disabling_mptcp_after_attach_is_honoured_at_once(attached, container_netns, capsys):
+    with inside(attached):
+        assert tcp_roundtrip_in(container_netns) == (IPPROTO_MPTCP, IPPROTO_MPTCP)
+        netns.sysctl_write(container_netns, {"net.mptcp.enabled": "0"})
+        assert tcp_roundtrip_in(container_netns) == (socket.IPPROTO_TCP, socket.IPPROTO_TCP)
+        netns.sysctl_write(container_netns, {"net.mptcp.enabled": "1"})
+        assert tcp_roundtrip_in(container_netns) == (IPPROTO_MPTCP, IPPROTO_MPTCP)
+    code, out, _ = run_cli(capsys, "status")
+    assert code == 0
+    assert "rewrites 4, 2 left TCP (MPTCP disabled in their netns)" in out, out
 
 
 # --------------------------------------------------------------------------- the CLI, persistence

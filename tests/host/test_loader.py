@@ -203,9 +203,9 @@ def test_python_map_layouts_match_the_objects_btf(module, program):
 
 
 @pytest.mark.parametrize("layout, complaint", [
-    (libbpf.Layout("selected_cgroup", "<QQI", ("rewrites", "families", "exclusions")),
-     "size 16, Python packs 20; member families at offset 8, Python expects offset 8"),
-    (libbpf.Layout("selected_cgroup", "<QII", ("rewrites", "exclusions", "families")),
+    (libbpf.Layout("selected_cgroup", "<QQIQ", ("rewrites", "families", "exclusions", "left_tcp")),
+     "size 24, Python packs 28; member families at offset 8, Python expects offset 8"),
+    (libbpf.Layout("selected_cgroup", "<QIIQ", ("rewrites", "exclusions", "families", "left_tcp")),
      "member exclusions at offset 12, Python expects offset 8"),
     (libbpf.Layout("exclusion_key", "<Q16s", ("cgroup_id", "name")), "member name missing"),
     (libbpf.Layout("no_such_struct", "<I", ("x",)), "has no BTF for struct no_such_struct"),
