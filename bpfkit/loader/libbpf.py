@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import contextlib
 import os
 import re
 import struct
@@ -299,8 +300,7 @@ class Link:
 
     def pin(self, path: str | Path) -> Path:
         path = Path(path)
-        ensure_bpffs()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _pin_parent(path)
         _check(lib().bpf_obj_pin(self.fd, str(path).encode()), f"pinning {self.description} at {path}", AttachError)
         self.pin_path = path
         return path
@@ -461,8 +461,7 @@ class Map:
 
     def pin(self, path: str | Path) -> Path:
         path = Path(path)
-        ensure_bpffs()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _pin_parent(path)
         _check(lib().bpf_obj_pin(self.fd, str(path).encode()), f"pinning map {self.name} at {path}", AttachError)
         return path
 
@@ -882,6 +881,21 @@ def open_object(path: str | Path, rodata: dict | None = None, layouts: tuple[Lay
 
 
 # --- fds, pins, ids ----------------------------------------------------------
+
+def _pin_parent(path: Path) -> None:
+    """The directories a pin goes in: missing ones are created 0700, as pins.py's are. A
+    plain mkdir (0755) here once left PIN_ROOT open for reading, which the pillars then
+    refuse (fs.private_dir), after a test had pinned into it first."""
+    ensure_bpffs()
+    missing = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+
 
 def ensure_bpffs(root: Path = Path("/sys/fs/bpf")) -> None:
     """Mount bpffs at /sys/fs/bpf if nothing is mounted there yet."""

@@ -1,6 +1,7 @@
 """The loader against the host kernel: real loads, attaches, pins."""
 
 import os
+import stat
 import socket
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def test_pinned_link_and_map_outlive_the_loader(test_bpf, no_leftover_bpf):
                 link.pin(pin_dir / "link")
                 obj.map("op_counts").pin(pin_dir / "op_counts")
                 link.close()
+            assert stat.S_IMODE(os.stat(pin_dir).st_mode) == 0o700  # made by the pin: nobody else's to open
             # Object and link handle are gone; the pins keep everything.
             assert len(libbpf.cgroup_program_ids(cg, "sock_ops")) == 1
             _connect_from(cg, port)
@@ -88,6 +90,8 @@ def test_pinned_link_and_map_outlive_the_loader(test_bpf, no_leftover_bpf):
         finally:
             for leftover in pin_dir.glob("*") if pin_dir.exists() else []:
                 leftover.unlink()
+            if pin_dir.exists():
+                pin_dir.rmdir()
             if pin_dir.exists():
                 pin_dir.rmdir()
 
