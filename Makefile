@@ -15,9 +15,9 @@ VM_TEST_TIMEOUT ?= 4200
 APT_PACKAGES := clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev dwarves flex bison bc libssl-dev \
 	cpio rsync kmod xz-utils make gcc linux-source-6.12 qemu-system-x86 udev busybox-static mptcpize \
 	iproute2 ethtool procps iputils-ping python3-venv shellcheck \
-	iptables nftables tcpdump libc6-dev-i386
+	iptables nftables tcpdump libc6-dev-i386 libbpf1
 
-.PHONY: all demo test setup apt venv libbpf kernel test-unit test-host test-vm test-vm-debug test-distro test-selftests \
+.PHONY: all demo test setup apt venv libbpf kernel wheel test-unit test-host test-vm test-vm-debug test-distro test-selftests \
 	test-selftests-full clean-cache
 all: test
 
@@ -38,10 +38,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 libbpf: venv
-	@$(VENV)/bin/python -c 'from bpfkit.loader import libbpf; print("bpfkit uses", libbpf.dist().describe())'
+	@$(VENV)/bin/python -m bpfkit.loader.libbpf_dist
 
 kernel: venv
 	$(BPFKIT) vm kernel
+
+# What a production host installs: the package with the ops pillars' objects prebuilt (setup.py).
+WHEEL_DIR := out/wheel
+WHEEL = $(WHEEL_DIR)/bpfkit-$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-py3-none-any.whl
+wheel: venv
+	rm -rf $(WHEEL_DIR) build  # setuptools' build/ would carry files removed from the tree since
+	$(VENV)/bin/pip wheel -q --no-deps -w $(WHEEL_DIR) .
 
 # The bench boots the VM once, loads the four BPF schedulers and compares them with
 # the default; each run replaces the previous results (table, bench.png, bench.json).
@@ -86,11 +93,12 @@ test-vm-debug: setup
 # on 6.12 the mptcpize and subflow tests (tests/distro/; bpfkit's series changes nothing they use,
 # so they run here rather than on bpfkit's kernel) and what doctor finds; on 6.1 (no
 # update_socket_protocol hook, no bpf_rdonly_cast) the refusals. Objects are built in the guest
-# against each kernel's BTF the first time (cached).
-test-distro: setup
+# against each kernel's BTF the first time (cached). tests/distro/test_shipped.py installs the wheel
+# built here (the ops objects compiled once, on the host) and runs it without clang.
+test-distro: setup wheel
 	image=$$(vm/distro-kernel 6.12); \
 	$(BPFKIT) vm run --kernel "$$image" --timeout 1800 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_DISTRO=debian-6.12 \
-		$(PYTEST) -m distro --durations=10 tests/distro
+		BPFKIT_WHEEL=$(abspath $(WHEEL)) $(PYTEST) -m distro --durations=10 tests/distro
 	image=$$(vm/distro-kernel 6.1); \
 	$(BPFKIT) vm run --kernel "$$image" --timeout 900 -- env BPFKIT_REQUIRE_ALL=1 BPFKIT_DISTRO=debian-6.1 \
 		$(PYTEST) -m distro --durations=10 tests/distro/test_distro_kernel.py

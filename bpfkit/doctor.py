@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
+from bpfkit.loader import build
 from bpfkit.features import (MISSING, OK, WARN, Check, check_bpffs, check_btf, check_cgroup2, check_fmod_ret,
                              check_libbpf, check_mptcp, check_sockops, check_struct_ops, check_subflow_opts)
 
@@ -80,16 +81,24 @@ def run() -> Report:
     report.checks.append(check_bpffs())
     report.checks.append(check_cgroup2())
     report.checks.append(check_libbpf())
-    report.checks.append(check_tool("clang", ["clang", "--version"], "building BPF objects", "clang"))
-    report.checks.append(check_tool("bpftool", ["bpftool", "version"], "generating vmlinux.h", "bpftool"))
+    shipped = build.objects_shipped()
+    report.checks.append(Check("bpf_objects", OK, build.object_origin()))
+    # A wheel brings the ops pillars' objects compiled: clang and bpftool are then only for
+    # schedulers and other programs built from source.
+    blocks = "building schedulers from source" if shipped else "building BPF objects"
+    for check in (check_tool("clang", ["clang", "--version"], blocks, "clang"),
+                  check_tool("bpftool", ["bpftool", "version"], "generating vmlinux.h", "bpftool")):
+        report.checks.append(Check(check.name, WARN, check.detail, blocks, check.hint)
+                             if shipped and check.status == MISSING else check)
     report.checks.extend(check_mptcp())
-    can_build = all(report.features.get(n) for n in ("btf", "libbpf", "clang", "bpftool"))
+    needed = ("btf", "libbpf") if shipped else ("btf", "libbpf", "clang", "bpftool")
+    can_build = all(report.features.get(n) for n in needed)
     if can_build and os.geteuid() == 0:
         report.checks.append(check_fmod_ret())
         report.checks.append(check_sockops())
         report.checks.append(check_subflow_opts())
     else:
-        why = "needs root" if os.geteuid() != 0 else "needs BTF, libbpf, clang and bpftool"
+        why = "needs root" if os.geteuid() != 0 else f"needs {', '.join(needed)}"
         report.checks.append(Check("fmod_ret_update_socket_protocol", MISSING, f"not probed ({why})",
                                    "mptcpize (cgroup-scoped TCP→MPTCP rewrite)"))
         report.checks.append(Check("sockops", MISSING, f"not probed ({why})", "per-subflow socket options"))

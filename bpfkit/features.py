@@ -63,7 +63,7 @@ def check_cgroup2() -> Check:
 def _probe_object():
     from bpfkit.loader import build
 
-    return build.compile_bpf(build.bpf_source("probes")).path
+    return build.program_object("probes")
 
 
 def _load_only(obj_path: Path, program: str):

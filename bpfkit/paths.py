@@ -5,8 +5,12 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = PROJECT_ROOT / "bpf"
-TEMPLATES_DIR = PROJECT_ROOT / "templates"
 VM_DIR = PROJECT_ROOT / "vm"
+# An installed wheel has no checkout around it: setup.py puts the templates and the ops
+# pillars' prebuilt objects (loader/build.py: SHIPPED_PROGRAMS) into the package instead.
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+SHIPPED_BPF_DIR = PACKAGE_DATA / "bpf"
+TEMPLATES_DIR = PROJECT_ROOT / "templates" if (PROJECT_ROOT / "templates").is_dir() else PACKAGE_DATA / "templates"
 
 BPFFS_ROOT = Path("/sys/fs/bpf")
 PIN_ROOT = BPFFS_ROOT / "bpfkit"

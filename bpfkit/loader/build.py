@@ -9,7 +9,9 @@ in the shared cache because both forms hash to the same BTF bytes).
 
 import contextlib
 import hashlib
+import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from bpfkit.errors import BuildError, MissingDependency, UsageError
 from bpfkit.loader import libbpf_dist
-from bpfkit.paths import BPF_DIR, cache_dir
+from bpfkit.paths import BPF_DIR, SHIPPED_BPF_DIR, cache_dir
 
 RUNNING_KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
 CLANG_FLAGS = ["-target", "bpf", "-mcpu=v3", "-g", "-O2", "-D__TARGET_ARCH_x86", "-fno-color-diagnostics",
@@ -251,3 +253,68 @@ def bpf_source(name: str) -> Path:
     if not path.exists():
         raise UsageError(f"no BPF program named {name!r} (looked for {path})")
     return path
+
+
+# --------------------------------------------------------------------------- shipped objects
+
+# The ops pillars' programs, and the feature probes `doctor` and they run: what a production
+# host runs, so a wheel carries them compiled (setup.py) and attaching compiles nothing.
+SHIPPED_PROGRAMS = ("mptcpify", "subflow_opts", "probes")
+MANIFEST = "manifest.json"
+
+
+def program_object(name: str) -> Path:
+    """The object of one of SHIPPED_PROGRAMS: compiled from bpf/ (cached) in a checkout,
+    where the source is the truth; the one shipped in the package otherwise."""
+    if name not in SHIPPED_PROGRAMS:
+        raise ValueError(f"{name} is not a shipped program")  # a bpfkit bug
+    source = BPF_DIR / f"{name}.bpf.c"
+    if source.exists():
+        return compile_bpf(source).path
+    shipped = SHIPPED_BPF_DIR / f"{name}.bpf.o"
+    if not shipped.exists():
+        raise MissingDependency(f"this bpfkit has neither bpf/{name}.bpf.c (a checkout) nor the prebuilt "
+                                f"{shipped}", hint="reinstall bpfkit from its wheel (pip install bpfkit-*.whl)")
+    return shipped
+
+
+def objects_shipped() -> bool:
+    """Whether program_object() takes the package's prebuilt objects (no checkout around it)."""
+    return not (BPF_DIR / f"{SHIPPED_PROGRAMS[0]}.bpf.c").exists()
+
+
+def object_origin() -> str:
+    """Where program_object() takes objects from, for `doctor`."""
+    if not objects_shipped():
+        return f"compiled on demand from {BPF_DIR} (a checkout) by {clang_version()}, cached"
+    try:
+        manifest = json.loads((SHIPPED_BPF_DIR / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"shipped in {SHIPPED_BPF_DIR} (no readable {MANIFEST})"
+    return (f"shipped in {SHIPPED_BPF_DIR}: built by {manifest.get('clang')} against the BTF of "
+            f"{manifest.get('btf_of')}, libbpf headers {manifest.get('libbpf_headers')} (CO-RE)")
+
+
+def ship(out_dir: Path) -> Path:
+    """Compile SHIPPED_PROGRAMS (CO-RE, against this machine's kernel BTF: the target kernel
+    relocates them) into out_dir, with a manifest of what built them. Used by setup.py."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objects = {}
+    for name in SHIPPED_PROGRAMS:
+        source = BPF_DIR / f"{name}.bpf.c"
+        built = compile_bpf(source)
+        target = out_dir / f"{name}.bpf.o"
+        _atomic_write(target, built.path.read_bytes())
+        objects[name] = {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    manifest = {"clang": clang_version(), "btf_of": f"Linux {platform.release()}",
+                "libbpf_headers": libbpf_dist.find().version, "objects": objects}
+    _atomic_write(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return out_dir
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "--ship":
+        sys.exit("usage: python -m bpfkit.loader.build --ship OUT_DIR")
+    print(f"bpfkit: shipped objects in {ship(Path(sys.argv[2]))}")

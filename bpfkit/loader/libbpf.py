@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfkit import fs
-from bpfkit.errors import AttachError, BpfkitError, LoadError, VerifierError
+from bpfkit.errors import AttachError, BpfkitError, LoadError, MissingDependency, VerifierError
 from bpfkit.loader import libbpf_dist
 from bpfkit.paths import PIN_ROOT  # noqa: F401  (re-exported for callers)
 
@@ -746,6 +746,14 @@ class BpfObject:
     # -- load --
 
     def load(self) -> "BpfObject":
+        # libbpf 1.1 does not even list a `.struct_ops.link` map: go by the programs' sections.
+        struct_ops = sorted(n for n, p in self.programs.items() if p.section.startswith("struct_ops"))
+        if struct_ops and not dist().registers_struct_ops:
+            need = ".".join(map(str, libbpf_dist.STRUCT_OPS_MIN_VERSION))
+            raise MissingDependency(f"{self.path.name} has struct_ops programs ({', '.join(struct_ops)}), "
+                                    f"which needs libbpf >= {need}; this process uses {dist().describe()}",
+                                    hint="build one into bpfkit's cache once: make libbpf "
+                                         "(or python3 -m bpfkit.loader.libbpf_dist)")
         with _Captured() as cap:
             ret = lib().bpf_object__load(self._ptr)
         if ret < 0:

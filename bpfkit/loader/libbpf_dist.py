@@ -1,17 +1,23 @@
 """Which libbpf bpfkit uses, and building one when the system's is too old.
 
-bpfkit needs libbpf >= 1.2: older versions cannot register `.struct_ops.link`
-maps. Debian 12 ships 1.1, so we build the libbpf that sits in the kernel
-source tree bpfkit already builds its VM kernel from (Debian's
-`linux-source-6.12` tarball, tools/lib/bpf) into the cache. The same install
-provides the BPF-side headers (bpf_helpers.h, bpf_tracing.h, ...) that
-bpf/*.bpf.c are compiled against, so loader and headers always match.
+Two minimums, measured:
+  * 1.1 (Debian 12's libbpf1) loads and attaches the ops pillars' objects: the host tier's
+    subflow, mptcpize and pins tests and the distro tier's run on it (tests/distro/
+    test_shipped.py runs the shipped objects with it). So a production host needs no
+    libbpf build.
+  * 1.2 registers struct_ops through `.struct_ops.link` maps (the schedulers, the tcp_ca
+    test): 1.1 fails their load. Debian 12 ships 1.1, so for those bpfkit builds the
+    libbpf of the kernel source tree its VM kernel comes from (Debian's
+    `linux-source-6.12` tarball, tools/lib/bpf) into the cache (`make libbpf`). The
+    same install provides the BPF-side headers (bpf_helpers.h, ...) bpf/*.bpf.c are
+    compiled against, so loader and headers match.
 
 Order of preference:
   1. $BPFKIT_LIBBPF: path to a libbpf.so the user insists on (its headers are
      taken from $BPFKIT_LIBBPF_INCLUDE, else from the system);
   2. a libbpf already built into the cache;
-  3. the system libbpf.so.1 if it is >= 1.2 (with /usr/include headers);
+  3. the system libbpf.so.1 if it is recent enough for what is asked (with
+     /usr/include headers where present);
   4. build from the kernel source tarball into the cache.
 """
 
@@ -30,7 +36,8 @@ from bpfkit import hostlock
 from bpfkit.errors import MissingDependency
 from bpfkit.paths import cache_dir
 
-MIN_VERSION = (1, 2)
+MIN_VERSION = (1, 1)  # loads the ops pillars' objects (see above)
+STRUCT_OPS_MIN_VERSION = (1, 2)  # .struct_ops.link maps
 DEBIAN_SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 
 
@@ -43,6 +50,15 @@ class LibbpfDist:
 
     def describe(self) -> str:
         return f"libbpf {self.version} ({self.origin}: {self.library})"
+
+    @property
+    def version_tuple(self) -> tuple[int, int]:
+        major, minor = self.version.split(".")[:2]
+        return int(major), int(minor)
+
+    @property
+    def registers_struct_ops(self) -> bool:
+        return self.version_tuple >= STRUCT_OPS_MIN_VERSION
 
 
 def _version_of(library: Path) -> tuple[int, int] | None:
@@ -92,8 +108,8 @@ def _debian_source_tag() -> str:
     return f"linux-source-6.12_{out or 'unknown'}"
 
 
-def find() -> LibbpfDist:
-    """The libbpf to use; builds one into the cache if needed."""
+def find(minimum: tuple[int, int] = MIN_VERSION) -> LibbpfDist:
+    """The libbpf to use; builds one into the cache if nothing at hand is at least `minimum`."""
     env = os.environ.get("BPFKIT_LIBBPF")
     if env:
         library = Path(env)
@@ -110,7 +126,7 @@ def find() -> LibbpfDist:
     system = _system_library()
     if system:
         version = _version_of(system)
-        if version and version >= MIN_VERSION and Path("/usr/include/bpf/bpf_helpers.h").exists():
+        if version and version >= minimum:
             return LibbpfDist(system, Path("/usr/include"), f"{version[0]}.{version[1]}", "system")
 
     return build_from_kernel_source()
@@ -135,14 +151,15 @@ def build_from_kernel_source(tarball: Path = DEBIAN_SOURCE_TARBALL) -> LibbpfDis
 def _build_locked(root: Path, tarball: Path) -> LibbpfDist:
     if not tarball.exists():
         raise MissingDependency(
-            f"libbpf >= {MIN_VERSION[0]}.{MIN_VERSION[1]} is needed and the system one is older or missing; "
+            f"libbpf >= {STRUCT_OPS_MIN_VERSION[0]}.{STRUCT_OPS_MIN_VERSION[1]} is needed and the system one is "
+            "older or missing; "
             f"bpfkit builds it from {tarball}, which is not installed",
             hint="apt-get install linux-source-6.12 libelf-dev zlib1g-dev make gcc",
         )
     for tool in ("make", "cc"):
         if not shutil.which(tool):
             raise MissingDependency(f"building libbpf needs `{tool}`", hint="apt-get install build-essential")
-    print(f"bpfkit: system libbpf is older than {MIN_VERSION[0]}.{MIN_VERSION[1]}; "
+    print(f"bpfkit: system libbpf is older than {STRUCT_OPS_MIN_VERSION[0]}.{STRUCT_OPS_MIN_VERSION[1]}; "
           f"building libbpf from {tarball.name} into {root} (once, ~1 min)", file=sys.stderr)
     root.parent.mkdir(parents=True, exist_ok=True)
     # Build in a temp dir beside the target and rename at the end, so an
@@ -183,3 +200,9 @@ def _extract_tools(tarball: Path, dest: Path) -> Path:
                 members.append(member)
         tar.extractall(dest, members=members, filter="fully_trusted")
     return dest / (top or "")
+
+
+if __name__ == "__main__":
+    # `make libbpf`: a libbpf that also registers struct_ops (the schedulers), built into the
+    # cache when the system's is older.
+    print("bpfkit uses", find(minimum=STRUCT_OPS_MIN_VERSION).describe())

@@ -328,7 +328,7 @@ def _object_path() -> Path:
     slow in an emulated VM and pointless more than once."""
     from bpfkit.loader import build
 
-    return build.compile_bpf(build.bpf_source(PROGRAM)).path
+    return build.program_object(PROGRAM)
 
 
 def _load_program() -> libbpf.BpfObject:

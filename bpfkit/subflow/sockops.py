@@ -153,7 +153,7 @@ def _attach_new(cg: Path, cg_id: int, encoded: sp.Encoded) -> tuple[dict, int]:
     """Load, fill, attach, pin. Any failure undoes everything done so far,
     leaving nothing attached and nothing pinned."""
     _check_kernel()
-    obj_path = build.compile_bpf(build.bpf_source(PROGRAM)).path
+    obj_path = build.program_object(PROGRAM)
     directory = _pins(pin_dir(cg_id))
     link = None
     try:
