@@ -100,6 +100,27 @@ def remove(cgroup: Path) -> None:
     cgroup.rmdir()
 
 
+def create_path(path: str | Path) -> Path:
+    """A cgroup given as for resolve(), created with its missing parents if absent (as systemd
+    creates a unit's, which it then adopts: it tolerates an existing directory)."""
+    from bpfkit.errors import UsageError
+
+    root = cgroup2_root()
+    raw = Path(path)
+    target = Path(os.path.normpath(raw if raw.is_absolute() else root / raw))
+    if root not in target.parents:
+        raise UsageError(f"cgroup {path}: not below the cgroup v2 root {root}")
+    missing = []
+    current = target
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+    return target
+
+
 @contextlib.contextmanager
 def temporary(prefix: str = "bpfkit-", parent: Path | None = None):
     """A fresh cgroup, removed afterwards even if the body fails."""

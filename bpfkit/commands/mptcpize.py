@@ -92,7 +92,10 @@ def handle_attach(args) -> int:
     if args.persist and args.unit:
         raise UsageError("--persist is for --cgroup: a unit gets a new cgroup at each start",
                          hint=f"bpfkit mptcpize enable {args.unit}")
-    result = rewrite.attach(_resolve_target(args), options)
+    target = _resolve_target(args)
+    if args.persist:
+        systemd.refuse_unit_cgroup(target)  # before anything is attached
+    result = rewrite.attach(target, options)
     if result.already:
         print(f"{result.cgroup} is already attached (cgroup id {result.cgroup_id})")
     else:

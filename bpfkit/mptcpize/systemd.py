@@ -111,8 +111,25 @@ def _relative_cgroup(cg: Path) -> str:
     return str(cg.relative_to(cgroup.cgroup2_root()))
 
 
+def unit_of_cgroup(cg: Path) -> str | None:
+    """The systemd service or scope whose cgroup `cg` is, by systemd's naming (x.slice/y.service)."""
+    return cg.name if cg.name.endswith((".service", ".scope")) else None
+
+
+def refuse_unit_cgroup(cg: Path) -> None:
+    """--persist on a unit's own cgroup: refused (see persist())."""
+    unit = unit_of_cgroup(cg)
+    if unit:
+        raise UsageError(f"{cg} is the cgroup of {unit}, which systemd re-creates (with a new id) at each "
+                         "start: a recorded cgroup would hold until the unit's first restart",
+                         hint=f"bpfkit mptcpize enable {unit} (its drop-in attaches at every start, reboots included)")
+
+
 def persist(cg: Path, options: Options, root: Path = Path("/")) -> Path:
-    """Record an attachment for the boot service, and install that service."""
+    """Record an attachment for the boot service, and install that service. A unit's own
+    cgroup is refused: systemd removes it when the unit stops and makes a new one (a new id)
+    at the next start, so the record would hold for one run; the unit's drop-in holds for all."""
+    refuse_unit_cgroup(cg)
     relative = _relative_cgroup(cg)
     entries = [e for e in load_state(root) if e.get("cgroup") != relative]
     entries.append({"cgroup": relative, **options.to_json()})
@@ -139,13 +156,15 @@ def forget_all(root: Path = Path("/")) -> int:
 
 
 def restore(root: Path = Path("/")) -> tuple[list[str], list[str]]:
-    """Attach every recorded cgroup that exists (at boot). Returns (attached, skipped)."""
+    """Attach every recorded cgroup (at boot), creating those that do not exist yet: what is
+    started in one later is then rewritten from its first socket. Returns (attached, skipped)."""
     attached, skipped = [], []
     for entry in load_state(root):
         relative = entry.get("cgroup", "")
         try:
             options = Options.of("all" if len(entry.get("families", [])) != 1 else entry["families"][0],
                                  entry.get("exclude", []))
+            cgroup.create_path(relative)
             attach(relative, options)
             attached.append(relative)
         except UsageError as exc:
@@ -202,7 +221,10 @@ def install_boot_service(root: Path = Path("/")) -> Path:
     unit_path = unit_dir / BOOT_SERVICE
     unit_dir.mkdir(parents=True, exist_ok=True)
     unit_path.write_text(render_boot_service())
-    wants = unit_dir / "multi-user.target.wants"
+    old = unit_dir / "multi-user.target.wants" / BOOT_SERVICE  # where bpfkit before 2026-12-04 enabled it
+    if old.is_symlink():
+        old.unlink()
+    wants = unit_dir / "sysinit.target.wants"
     wants.mkdir(exist_ok=True)
     link = wants / BOOT_SERVICE
     if not link.is_symlink():

@@ -492,6 +492,35 @@ def test_persist_and_restore(cg, tmp_path, monkeypatch):
     assert systemd.load_state(tmp_path) == [] and systemd.restore(tmp_path) == ([], [])
 
 
+def test_restore_at_boot_covers_a_cgroup_made_after_it(clean, tmp_path, monkeypatch):
+    """Boot order: the restore runs before sysinit.target, before anything is started in a
+    recorded cgroup, which then does not exist yet (after a reboot nothing does). The restore
+    creates it, so a process started in it later, as a unit would be, opens MPTCP sockets from
+    its first one; one already running in a recorded cgroup (an early unit) from its next."""
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: "/usr/local/bin/bpfkit")
+    with cgroup.temporary("bpfkit-test-boot-") as parent:
+        early = parent / "early"
+        early.mkdir()
+        assert cli.main(["mptcpize", "attach", "--cgroup", str(early), "--persist", "--root", str(tmp_path)]) == 0
+        later = parent / "later.slice" / "app"
+        later.parent.mkdir()
+        later.mkdir()
+        assert cli.main(["mptcpize", "attach", "--cgroup", str(later), "--persist", "--root", str(tmp_path)]) == 0
+        rewrite.detach_all()  # "reboot": nothing attached, and the later cgroup does not exist
+        later.rmdir()
+        later.parent.rmdir()
+        with inside(early):  # already running there when the restore comes
+            assert cli.main(["mptcpize", "restore", "--root", str(tmp_path)]) == 0
+            assert protocol_in(None) == IPPROTO_MPTCP
+        assert later.is_dir()
+        first = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
+                                "print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))"],
+                               capture_output=True, text=True, timeout=120,
+                               preexec_fn=lambda: cgroup.add_pid(later, os.getpid()))
+        assert first.stdout.strip() == str(IPPROTO_MPTCP), first.stderr
+        assert cli.main(["mptcpize", "detach", "--all", "--root", str(tmp_path)]) == 0
+
+
 # --------------------------------------------------------------------------- bad input
 
 def test_missing_cgroup(clean, capsys):

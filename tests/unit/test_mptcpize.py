@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from bpfkit import features
+from bpfkit import cli, features
 from bpfkit.mptcpize import rewrite, systemd
 from bpfkit.commands import mptcpize as command
 from bpfkit.errors import KernelUnsupported, UsageError
@@ -89,7 +89,8 @@ def test_boot_service_rendering():
     text = systemd.render_boot_service(bpfkit=BPFKIT)
     assert "ConditionPathExists=/etc/bpfkit/mptcpize.json" in text
     assert f"ExecStart={BPFKIT} mptcpize restore" in text
-    assert "WantedBy=multi-user.target" in text
+    assert "WantedBy=sysinit.target" in text and "DefaultDependencies=no" in text
+    assert "Before=sysinit.target" in text
     assert "Type=oneshot" in text
 
 
@@ -155,7 +156,6 @@ def test_disable_keeps_other_dropins(tmp_path, monkeypatch):
 
 
 def test_cli_enable_disable_with_root(tmp_path, monkeypatch, capsys):
-    from bpfkit import cli
 
     monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
     _write_vendor_unit(tmp_path)
@@ -177,12 +177,34 @@ def test_state_file_and_boot_service(tmp_path, monkeypatch):
     assert systemd.load_state(tmp_path) == [{"cgroup": "app.slice", "families": ["inet6"], "exclude": []}]
     service = tmp_path / "etc/systemd/system/bpfkit-mptcpize.service"
     assert "mptcpize restore" in service.read_text()
-    wants = tmp_path / "etc/systemd/system/multi-user.target.wants/bpfkit-mptcpize.service"
+    wants = tmp_path / "etc/systemd/system/sysinit.target.wants/bpfkit-mptcpize.service"
     assert wants.is_symlink()
     systemd.persist(cg, rewrite.Options.of(), tmp_path)  # re-persisting replaces, not duplicates
     assert len(systemd.load_state(tmp_path)) == 1
     assert systemd.forget(cg, tmp_path)
     assert not state.exists()
+
+
+def test_an_older_install_is_moved_to_sysinit(tmp_path, monkeypatch):
+    monkeypatch.setattr(systemd, "bpfkit_executable", lambda: BPFKIT)
+    old = tmp_path / "etc/systemd/system/multi-user.target.wants/bpfkit-mptcpize.service"
+    old.parent.mkdir(parents=True)
+    old.symlink_to("/etc/systemd/system/bpfkit-mptcpize.service")
+    systemd.install_boot_service(tmp_path)
+    assert not old.is_symlink()
+    assert (tmp_path / "etc/systemd/system/sysinit.target.wants/bpfkit-mptcpize.service").is_symlink()
+
+
+def test_persisting_a_units_own_cgroup_is_refused_before_attaching(tmp_path, monkeypatch, capsys):
+    """systemd gives a unit a new cgroup (a new id) at each start: a record would not survive
+    the first restart. Refused with the drop-in as the fix, and nothing attached or recorded."""
+    monkeypatch.setattr(rewrite, "target_cgroup", lambda path: tmp_path / "cg/system.slice/nginx.service")
+    monkeypatch.setattr(rewrite, "attach", lambda *a, **k: pytest.fail("attached"))
+    code = cli.main(["mptcpize", "attach", "--cgroup", "system.slice/nginx.service", "--persist",
+                     "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is the cgroup of nginx.service" in err and "mptcpize enable nginx.service" in err
+    assert not (tmp_path / "etc/bpfkit").exists()
 
 
 # --- kernel checks ------------------------------------------------------------
