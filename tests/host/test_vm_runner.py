@@ -3,6 +3,7 @@ exit status and output come back, results come back through a shared dir, a
 hang ends in exit 124 with no qemu left, a kernel panic ends in exit 125, a
 SIGKILL of `bpfkit vm run` leaves no qemu behind and no second VM beside it."""
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -142,3 +143,67 @@ def test_sigkill_of_vm_run_leaves_no_qemu_and_holds_the_lock_until_it_is_gone(ke
     finally:
         for pid in _our_qemus() & ours:
             os.kill(pid, signal.SIGKILL)
+
+
+def _processes_naming(text: str) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _kbuild_lock_is_free(cache: Path) -> bool:
+    with open(cache / "kbuild.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+def test_sigkill_of_vm_kernel_leaves_no_make_and_holds_the_build_lock_until_it_is_gone(tmp_path):
+    """A kernel tree whose every make target hangs, built with a cache of its own (the real
+    build lock and build dirs are not touched): SIGKILL of `bpfkit vm kernel`'s whole process
+    group mid-make leaves no make (nor its children) writing into the build dir, and the build
+    lock stays held until they are gone."""
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "Kconfig").write_text("")
+    (tree / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 0\nEXTRAVERSION =\n"
+                                   "%:\n\tsleep 600 && echo $(CURDIR)\n")
+    cache = tmp_path / "cache"
+    env = dict(os.environ, BPFKIT_CACHE=str(cache))
+    proc = subprocess.Popen([sys.executable, "-m", "bpfkit", "vm", "kernel", "--source", str(tree)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not _processes_naming(f"make -C {tree}".replace(" ", "\0")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "make never started"
+            time.sleep(0.2)
+        make_and_children = _processes_naming(str(tree))
+        assert not _kbuild_lock_is_free(cache)
+        os.killpg(proc.pid, signal.SIGKILL)  # bpfkit's whole group, as a CI job's kill would
+        proc.wait()
+        end = time.monotonic() + 20
+        while _processes_naming(str(tree)) & make_and_children and time.monotonic() < end:
+            assert not _kbuild_lock_is_free(cache), "the build lock was released while make still ran"
+            time.sleep(0.1)
+        assert not _processes_naming(str(tree)), "make outlived a SIGKILL of bpfkit vm kernel"
+        end = time.monotonic() + 20  # the guard lets go once it has seen the group gone
+        while not _kbuild_lock_is_free(cache):
+            assert time.monotonic() < end, "the build lock is still held after make is gone"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in _processes_naming(str(tree)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
