@@ -207,7 +207,22 @@ def resolve_kernel(kernel: Path | str | None) -> Path:
         path = path / "bzImage"
     if not path.is_file():
         raise UsageError(f"kernel image {path} does not exist")
+    _check_bzimage(path)
     return path.resolve()
+
+
+def _check_bzimage(path: Path) -> None:
+    """An x86 boot image carries "HdrS" at 0x202 (Documentation/arch/x86/boot.rst); anything
+    else would reach qemu, which fails only after the boot started, with its own words."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x202)
+            magic = f.read(4)
+    except OSError as exc:
+        raise UsageError(f"kernel image {path}: {exc.strerror}") from None
+    if magic != b"HdrS":
+        raise UsageError(f"{path} is not a kernel image (no x86 boot header: expected a bzImage/vmlinuz)",
+                         hint="give arch/x86/boot/bzImage of a build, /boot/vmlinuz-VERSION, or a build dir")
 
 
 # --------------------------------------------------------------------------- host tools

@@ -133,6 +133,7 @@ def test_vng_command_line(tmp_path):
     ({"command": ["true"], "mem": "lots"}, "memory size"),
     ({"command": ["true"], "rwdirs": ["/no/such/dir"]}, "not a directory"),
     ({"command": ["true"], "kernel": Path("/no/such/bzImage")}, "does not exist"),
+    ({"command": ["true"], "kernel": Path("/etc/passwd")}, "not a kernel image"),
 ])
 def test_bad_input_is_one_clear_usage_error(kwargs, message):
     command = kwargs.pop("command")
