@@ -34,7 +34,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[lab,test]'
 	touch $@
 
 libbpf: venv
@@ -48,7 +48,7 @@ WHEEL_DIR := out/wheel
 WHEEL = $(WHEEL_DIR)/bpfkit-$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-py3-none-any.whl
 wheel: venv
 	rm -rf $(WHEEL_DIR) build  # setuptools' build/ would carry files removed from the tree since
-	$(VENV)/bin/pip wheel -q --no-deps -w $(WHEEL_DIR) .
+	$(VENV)/bin/pip wheel -q -w $(WHEEL_DIR) .  # with its dependencies: a host can install offline
 
 # The bench boots the VM once, loads the four BPF schedulers and compares them with
 # the default; each run replaces the previous results (table, bench.png, bench.json).

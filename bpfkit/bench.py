@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpfkit import fs
-from bpfkit.errors import BpfkitError, UsageError
+from bpfkit.errors import BpfkitError, UsageError, optional_import
 from bpfkit.paths import BPF_DIR, PROJECT_ROOT
 from bpfkit.sched import registry
 
@@ -699,8 +699,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def plot_summary(results: dict, target_list: list[dict], path: Path) -> Path | None:
     """One figure, one panel per target metric, one bar per scheduler."""
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -71,3 +71,15 @@ class VmTimeout(VmError):
 class VmPanic(VmError):
     exit_code = 125
     command_started = True  # False: the guest died while booting, the command never ran
+
+
+def optional_import(name: str, purpose: str):
+    """A module of bpfkit's `lab` extra (plots, statistics, VMs, vmlinux parsing), which a
+    production install of the ops pillars leaves out (pyproject.toml): missing, it is one error."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise MissingDependency(f"{purpose} needs the Python package {name.split('.')[0]}, which is not installed",
+                                hint="pip install 'bpfkit[lab]' (a checkout's `make venv` has it)") from None

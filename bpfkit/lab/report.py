@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bpfkit.errors import optional_import
 from bpfkit.lab import stats, traffic
 from bpfkit.lab.metrics import rate_series
 from bpfkit.lab.values import format_rate, format_time
@@ -402,8 +403,7 @@ def _legend_below(fig, ax, columns: int) -> None:
 def plot_throughput(doc: dict, path: Path) -> Path:
     """Per-subflow throughput (acknowledged bytes) over time, one panel per scheduler,
     with each path's nominal capacity as a dashed step line."""
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -450,8 +450,7 @@ def plot_throughput(doc: dict, path: Path) -> Path:
 
 def plot_rtt(doc: dict, path: Path) -> Path:
     """Smoothed RTT of each subflow over time, one panel per scheduler."""
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -489,8 +488,7 @@ def plot_decisions(doc: dict, path: Path) -> Path | None:
     runs = [r for r in _representative_runs(doc) if r.get("observed", {}).get("t")]
     if not runs:
         return None
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -520,8 +518,7 @@ def plot_decisions(doc: dict, path: Path) -> Path | None:
 def plot_completion_cdf(doc: dict, path: Path) -> Path | None:
     """Empirical CDF of completion times (request-response), message latencies
     (cbr) or transfer times (bulk with several repetitions), per scheduler."""
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

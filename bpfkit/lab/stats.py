@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from bpfkit.errors import optional_import
+
 CONFIDENCE = 0.95
 RESAMPLES = 4000
 _SEED = 20161101  # any fixed value: the same results document gives the same intervals
@@ -38,8 +40,8 @@ class Interval:
 
 
 def _bootstrap(samples: tuple, statistic, paired: bool) -> tuple[float | None, float | None]:
-    import numpy as np
-    from scipy import stats
+    stats = optional_import("scipy.stats", "confidence intervals")
+    import numpy as np  # scipy's own dependency
 
     n = len(samples[0])
     if n < 2:

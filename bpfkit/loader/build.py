@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpfkit.errors import BuildError, MissingDependency, UsageError
+from bpfkit.errors import BuildError, MissingDependency, UsageError, optional_import
 from bpfkit.loader import libbpf_dist
 from bpfkit.paths import BPF_DIR, SHIPPED_BPF_DIR, cache_dir
 
@@ -60,7 +60,7 @@ class KernelBtf:
 
 
 def _elf_btf_section(vmlinux: Path) -> bytes:
-    from elftools.elf.elffile import ELFFile  # pyelftools
+    ELFFile = optional_import("elftools.elf.elffile", "reading a vmlinux file's BTF").ELFFile  # pyelftools
 
     with open(vmlinux, "rb") as f:
         try:

@@ -38,25 +38,28 @@ def build_wheel(out: Path) -> Path:
         else:
             source.mkdir(parents=True, exist_ok=True)
             shutil.copy2(PROJECT_ROOT / part, source / part)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
+    # with its dependencies' wheels beside it (from PyPI), as `make wheel` does
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(out), str(source)],
                    check=True, timeout=900, capture_output=True)
     [wheel] = out.glob("bpfkit-*.whl")
     return wheel
 
 
 def install_wheel(wheel: Path, target: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target",
-                    str(target), str(wheel)], check=True, timeout=900, capture_output=True)
+    """The wheel and what it depends on, from the wheels beside it only (a guest has no network)."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheel.parent),
+                    "--no-compile", "--target", str(target), str(wheel)], check=True, timeout=900, capture_output=True)
     return target
 
 
 def run_installed(site: Path, home: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`bpfkit ARGS` from the installed package alone: PYTHONPATH puts it before the project's
-    editable install, PATH has no compiler, the cache is empty and bpfkit's own."""
+    """`bpfkit ARGS` from the installed package and its dependencies alone: `python -S` sees no
+    site-packages (not the project's venv, nor its editable install), PATH has no compiler,
+    the cache is empty and bpfkit's own."""
     env = {"PATH": str(home / "bin"), "PYTHONPATH": str(site), "HOME": str(home),
            "BPFKIT_CACHE": str(home / "cache"), "LANG": "C.UTF-8"}
     (home / "bin").mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "bpfkit", *args], capture_output=True, text=True, cwd=home,
+    return subprocess.run([sys.executable, "-S", "-m", "bpfkit", *args], capture_output=True, text=True, cwd=home,
                           env=env, timeout=timeout)
 
 
@@ -81,6 +84,20 @@ def test_the_wheel_carries_the_ops_objects_and_templates(installed):
     assert manifest["clang"].startswith(("Debian clang", "clang"))
     assert (data / "templates" / "mptcpize" / "dropin.conf.j2").is_file()
     assert not (site / "bpf").exists()  # no sources: nothing to compile from
+    # What a production host installs with it: the ops pillars' needs, not the lab's.
+    installed = {d.name.split("-")[0].lower() for d in site.glob("*.dist-info")}
+    assert {"jinja2", "pyroute2", "rich"} <= installed
+    assert not installed & {"matplotlib", "scipy", "numpy", "pyelftools", "virtme_ng"}, installed
+
+
+def test_a_lab_command_without_the_lab_extra_is_one_error(installed, tmp_path):
+    site, home = installed
+    source = tmp_path / "x.bpf.c"
+    source.write_text("")
+    result = run_installed(site, home, "build", "--kernel", "/etc/passwd", str(source))  # a vmlinux: pyelftools
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "pip install 'bpfkit[lab]'" in result.stderr
 
 
 def test_doctor_uses_the_shipped_objects_and_the_system_libbpf(installed):
@@ -132,7 +149,7 @@ def test_a_scheduler_object_needs_a_newer_libbpf_than_the_systems(installed, tes
             "try:\n    libbpf.open_object(sys.argv[1])\nexcept BpfkitError as exc:\n"
             "    print(exc, '|', exc.hint)\n    sys.exit(3)\n")
     env = {"PATH": str(home / "bin"), "PYTHONPATH": str(site), "HOME": str(home), "BPFKIT_CACHE": str(home / "cache")}
-    result = subprocess.run([sys.executable, "-c", code, str(obj)], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, "-S", "-c", code, str(obj)], capture_output=True, text=True, env=env,
                             timeout=120)
     if libbpf_dist._version_of(libbpf_dist._system_library()) >= libbpf_dist.STRUCT_OPS_MIN_VERSION:
         pytest.fail("this test needs a system libbpf older than 1.2 (Debian 12 ships 1.1)")
