@@ -67,7 +67,8 @@ def lab_topology():
             pytest.skip("lab_topology needs root (network namespaces)")
         document = {"duration": "10s", "traffic": {"kind": "bulk"}, **spec}
         scenario = parse_scenario(document, source="lab_topology spec")
-        topology = Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping)
+        topology = Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping,
+                            buffers=scenario.buffers)
         created.append(topology)
         topology.setup()
         if scheduler is not None:

@@ -205,7 +205,9 @@ def run_once(
     seed = scenario.seed + repetition
     job = json.dumps(traffic_job(scenario, seed))
     python = sys.executable
-    with tempfile.TemporaryDirectory(prefix="bpfkit-lab-") as tmp, Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping) as topo, contextlib.ExitStack() as observing:
+    topology = Topology(scenario.paths, server_signal=scenario.server_signal, shaping=shaping,
+                        buffers=scenario.buffers)
+    with tempfile.TemporaryDirectory(prefix="bpfkit-lab-") as tmp, topology as topo, contextlib.ExitStack() as observing:
         topo.set_scheduler(scheduler)
         sender_ns = topo.server_ns if scenario.traffic.data_sender == "server" else topo.client_ns
         observed = observing.enter_context(observe(sender_ns)) if observe else None
@@ -247,6 +249,7 @@ def run_once(
             "shaping": topo.shaping,
             "addresses": {name: vars(a) for name, a in topo.addresses.items()},
             "queue_limit_packets": {name: topo.queue_limit_packets(p) for name, p in topo.paths.items()} if topo.shaping == "netem" else None,
+            "buffer_sysctls": topo.buffer_sysctls(),
         }
         path_of = _path_resolver(topo)
         sides = {}

@@ -19,7 +19,7 @@ from bpfkit.sched import registry
 from bpfkit.errors import UsageError
 from bpfkit.lab import traffic as traffic_models
 from bpfkit.lab.traffic import TrafficModel
-from bpfkit.lab.values import Checker, format_rate, format_time, join, parse_percent, parse_rate, parse_time
+from bpfkit.lab.values import Checker, format_rate, format_time, join, parse_percent, parse_rate, parse_size, parse_time
 
 MAX_PATHS = 8  # the in-kernel path manager accepts at most 8 subflows
 MTU_FRAME = 1514  # bytes on the wire per full-sized packet (1500 + Ethernet header)
@@ -95,6 +95,8 @@ class Scenario:
     server_signal: bool = False
     timeout_s: float = 0.0
     source: str = "<dict>"
+    # [buffers]: the upper limit (bytes) of a side's socket buffers, e.g. {"client_receive": 262144}
+    buffers: dict[str, int] = field(default_factory=dict)
 
     def path(self, name: str) -> PathSpec:
         for p in self.paths:
@@ -183,7 +185,13 @@ def default_queue_packets(rate_bps: float, delay_s: float) -> int:
 
 
 
-_TOP_KEYS = {"name", "description", "duration", "seed", "repetitions", "schedulers", "paths", "traffic", "events", "mptcp", "timeout"}
+_TOP_KEYS = {"name", "description", "duration", "seed", "repetitions", "schedulers", "paths", "traffic", "events", "mptcp",
+             "timeout", "buffers"}
+BUFFER_KEYS = ("client_receive", "client_send", "server_receive", "server_send")
+# A buffer limit below a few segments stalls TCP rather than constraining it; above the
+# kernel's own 6 MiB/4 MiB defaults (tcp_rmem/tcp_wmem max) it constrains nothing.
+MIN_BUFFER = 16 * 1024
+MAX_BUFFER = 64 * 1024 * 1024
 _PATH_KEYS = {"rate", "delay", "jitter", "loss", "queue", "backup"}
 _SET_KEYS = {"rate", "delay", "jitter", "loss", "queue"}
 
@@ -249,6 +257,16 @@ def parse_scenario(data: dict, source: str = "<dict>", default_name: str = "scen
     mptcp = c.table(data.get("mptcp", {}), "mptcp", {"server_signal"})
     server_signal = c.boolean("mptcp.server_signal", mptcp.get("server_signal", False))
 
+    raw_buffers = c.table(data.get("buffers", {}), "buffers", set(BUFFER_KEYS))
+    buffers = {}
+    for key in BUFFER_KEYS:
+        if key in raw_buffers:
+            size = c.value(join("buffers", key), parse_size, raw_buffers[key])
+            if not MIN_BUFFER <= size <= MAX_BUFFER:
+                c.fail(join("buffers", key), f"must be between {MIN_BUFFER // 1024}KiB and {MAX_BUFFER // 2**20}MiB, "
+                                             f"got {size} bytes")
+            buffers[key] = size
+
     # paths: an ordered table of tables; the first one carries the initial subflow
     raw_paths = c.table(data["paths"], "paths", set(data["paths"]) if isinstance(data["paths"], dict) else set())
     if not raw_paths:
@@ -283,6 +301,7 @@ def parse_scenario(data: dict, source: str = "<dict>", default_name: str = "scen
         server_signal=server_signal,
         timeout_s=timeout,
         source=source,
+        buffers=buffers,
     )
 
 

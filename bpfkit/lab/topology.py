@@ -149,7 +149,8 @@ class Topology:
     Use as a context manager; teardown also runs on error and on Ctrl-C (the
     caller turns SIGTERM into KeyboardInterrupt, see runner.terminate_on_sigterm)."""
 
-    def __init__(self, paths: Sequence[PathSpec], *, server_signal: bool = False, shaping: str = "auto"):
+    def __init__(self, paths: Sequence[PathSpec], *, server_signal: bool = False, shaping: str = "auto",
+                 buffers: dict[str, int] | None = None):
         if not paths:
             raise UsageError("a topology needs at least one path")
         if shaping not in ("auto", "netem", "tbf", "none"):
@@ -157,6 +158,7 @@ class Topology:
         self.paths = {p.name: p for p in paths}
         self.order = [p.name for p in paths]
         self.server_signal = server_signal
+        self.buffers = dict(buffers or {})  # scenario [buffers]: "client_receive" etc. -> bytes
         self.requested_shaping = shaping
         self.shaping = shaping
         tag = f"{NETNS_PREFIX}{os.getpid()}-{next(_counter)}"
@@ -192,6 +194,18 @@ class Topology:
     def ns(self, side: str) -> str:
         return {"client": self.client_ns, "router": self.router_ns, "server": self.server_ns}[side]
 
+    def buffer_sysctls(self) -> dict[str, dict[str, str]]:
+        """Per side, the tcp_rmem/tcp_wmem that cap its socket buffers (per netns since Linux
+        4.15). Their third value bounds the buffer autotuning grows to, which an MPTCP socket
+        follows too (mptcp_rcv_space_adjust, its send buffer from its subflows'); the initial
+        value is the kernel's default (128 KiB receive, 16 KiB send), or the cap if smaller."""
+        out: dict[str, dict[str, str]] = {}
+        for key, size in sorted(self.buffers.items()):
+            side, direction = key.split("_")
+            name, initial = ("net.ipv4.tcp_rmem", 131072) if direction == "receive" else ("net.ipv4.tcp_wmem", 16384)
+            out.setdefault(side, {})[name] = f"4096 {min(initial, size)} {size}"
+        return out
+
     # ---- lifecycle
     def __enter__(self) -> Topology:
         self.setup()
@@ -225,6 +239,8 @@ class Topology:
             namespaces.sysctl_write(self.router_ns, {**base, "net.ipv4.ip_forward": "1"}, ignore_missing=True)
             namespaces.sysctl_write(self.client_ns, base, ignore_missing=True)
             namespaces.sysctl_write(self.server_ns, base, ignore_missing=True)
+            for side, settings in self.buffer_sysctls().items():
+                namespaces.sysctl_write(self.ns(side), settings)
             self._build_links()
             self._configure_mptcp()
         except BaseException:

@@ -13,6 +13,7 @@ import time
 import pytest
 from pyroute2 import netns
 
+from bpfkit import netns as namespaces
 from bpfkit.errors import UsageError
 from bpfkit.lab import runner, topology
 from bpfkit.lab.scenario import load_scenario, parse_scenario
@@ -240,3 +241,19 @@ def test_the_bench_guest_measures_its_plan_and_leaves_out_what_cannot_register(t
     assert doc["scenario"]["schedulers"] == ["default"] and doc["runs"][0]["ok"], doc["runs"][0]["failures"]
     alone = runner.load_results(out / "tiny.lte-alone")
     assert [p["name"] for p in alone["scenario"]["paths"]] == ["lte"] and alone["runs"][0]["ok"]
+
+
+
+def test_buffers_set_each_sides_tcp_memory_limits_in_its_namespace():
+    """[buffers] → tcp_rmem/tcp_wmem of that side's namespace only (what they do to goodput
+    needs path delay, netem: tests/vm/test_lab_vm.py)."""
+    sc = parse_scenario({"name": "test-buffers", "duration": "3s",
+                         "buffers": {"client_receive": "64KiB", "server_send": "1MiB"},
+                         "paths": {"a": {"rate": "50mbit"}}, "traffic": {"kind": "bulk"}}, source="test")
+    host_rmem = namespaces.sysctl_read(None, "net.ipv4.tcp_rmem")
+    with topology.Topology(sc.paths, buffers=sc.buffers) as topo:
+        read = lambda ns, key: " ".join(namespaces.sysctl_read(ns, key).split())
+        assert read(topo.client_ns, "net.ipv4.tcp_rmem") == "4096 65536 65536"
+        assert read(topo.server_ns, "net.ipv4.tcp_wmem") == "4096 16384 1048576"
+        assert read(topo.server_ns, "net.ipv4.tcp_rmem") != "4096 65536 65536"
+    assert namespaces.sysctl_read(None, "net.ipv4.tcp_rmem") == host_rmem

@@ -96,3 +96,21 @@ def test_a_scheduler_file_is_registered_for_the_run_and_unloaded(tmp_path):
     assert min(runs["default"]["bytes_by_path"].values()) > 100_000
     assert runs["bpf_first"]["bytes_by_path"].get("lte", 0) < 0.05 * sum(runs["bpf_first"]["bytes_by_path"].values())
     assert "bpf_first" not in Path("/proc/sys/net/mptcp/available_schedulers").read_text().split()
+
+
+def test_a_receive_buffer_limit_bounds_goodput_by_window_over_rtt():
+    """[buffers] client_receive caps the client's receive window: over a 200 ms RTT a 32 KiB
+    buffer allows at most 32 KiB per RTT (1.3 Mbit/s) of the path's 8 Mbit/s, which the same
+    transfer without the limit gets far closer to."""
+    def scenario(buffers):
+        return parse_scenario({"name": "test-buffers", "duration": "5s", "buffers": buffers,
+                               "paths": {"long": {"rate": "8mbit", "delay": "100ms"}},
+                               "traffic": {"kind": "bulk", "time": "5s"}}, source="test")
+
+    limited = runner.run_once(scenario({"client_receive": "32KiB"}), "default", 0)
+    free = runner.run_once(scenario({}), "default", 0)
+    assert limited["ok"] and free["ok"], (limited["failures"], free["failures"])
+    assert limited["topology"]["buffer_sysctls"] == {"client": {"net.ipv4.tcp_rmem": "4096 32768 32768"}}
+    window_bound = 32768 * 8 / 0.2
+    assert limited["goodput_bps"] <= 1.2 * window_bound, limited["goodput_bps"]
+    assert free["goodput_bps"] > 2.5 * limited["goodput_bps"], (free["goodput_bps"], limited["goodput_bps"])
