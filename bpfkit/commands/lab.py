@@ -141,6 +141,15 @@ def handle_run(args) -> int:
         entries = [by_file.get(e, e) for e in entries]
     scenario = _scenario_from_args(args, entries)  # every input error surfaces here, before anything starts
     where = args.where or ("vm" if any(s != "default" for s in scenario.schedulers) else "host")
+    if where == "vm":
+        # A fresh guest has no BPF scheduler registered: the reference ones (bpf/sched/) a
+        # scenario or --schedulers names are built and registered for the run like files.
+        from bpfkit.sched import registry
+
+        references = registry.references()
+        wanted = [str(references[n].source) for n in scenario.schedulers if n in references and n not in objects]
+        if wanted:
+            objects.update(_build_scheduler_files(wanted, "vm", args.kernel))
     out = fs.output_dir((args.out or _default_out(scenario)).resolve())  # before anything is measured
     console = Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
