@@ -99,6 +99,21 @@ QUICK_PLAN = (
 )
 
 
+# --plan regimes: the papers' regimes (scenarios/README.md), with the targets of issue 16:
+# BLEST >= 1.10 x minrtt goodput and <= 0.5 x its retransmissions in BLEST's regime, ECF
+# <= 0.85 x minrtt median completion in ECF's; and a third path. Not in `make demo` (about
+# 15 min more under TCG); 3 repetitions give the paired ratios an interval.
+REGIME_SCHEDULERS = (DEFAULT, "minrtt", "blest", "ecf")
+REGIMES_PLAN = (
+    BenchScenario("blest-regime", REGIME_SCHEDULERS, 1.0, "BLEST's regime: constrained receive window, RTTs 20/160 ms",
+                  repetitions=3),
+    BenchScenario("ecf-regime", REGIME_SCHEDULERS, 1.0, "ECF's regime: 256 KiB chunks at 2/s over 20 and 2 Mbit/s paths",
+                  repetitions=3),
+    BenchScenario("three-paths", SCHEDULERS, 0.5, "three paths of 10 Mbit/s: is the third used?"),
+)
+
+PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "regimes": REGIMES_PLAN}
+
 # Scenario -> the paths run alone as references (see the module docstring).
 ALONE = {"wifi-lte": ("wifi", "lte"), "wifi-lte-256k": ("wifi",)}
 
@@ -112,8 +127,10 @@ class BenchError(BpfkitError):
     """The bench could not produce results (not: a target that was missed)."""
 
 
-def plan_for(quick: bool) -> tuple[BenchScenario, ...]:
-    return QUICK_PLAN if quick else FULL_PLAN
+def plan_for(name: str) -> tuple[BenchScenario, ...]:
+    if name not in PLANS:
+        raise UsageError(f"--plan {name!r}: expected one of {', '.join(PLANS)}")
+    return PLANS[name]
 
 
 def scenario_file(name: str) -> Path:
@@ -274,8 +291,10 @@ def _handover_target(doc: dict | None, expected: tuple[str, ...]) -> dict:
 
 def targets(results: dict) -> list[dict]:
     """The issue's targets from a bench results document ({"scenarios": {name:
-    lab results doc}, "schedulers": [...]})."""
+    lab results doc}, "schedulers": [...]}): those of the regimes plan, or of the others."""
     scenarios = results.get("scenarios", {})
+    if _plan_name(results.get("plan") or {}) == "regimes":
+        return regime_targets(scenarios)
     expected = tuple(results.get("schedulers") or SCHEDULERS)
     bulk, bulk_alone = _rows(scenarios.get("wifi-lte")), _alone_rows(results, "wifi-lte")
     return [
@@ -284,6 +303,68 @@ def targets(results: dict) -> list[dict]:
         _short_transfer_target(_rows(scenarios.get("wifi-lte-256k")), _alone_rows(results, "wifi-lte-256k")),
         _lossy_rr_target(_rows(scenarios.get("lossy-rr"))),
         _handover_target(scenarios.get("handover"), expected),
+    ]
+
+
+# ---------------------------------------------------------------- the papers' regimes (--plan regimes)
+
+BLEST_VS_MINRTT_GOODPUT_MIN = 1.10  # Ferlin et al. 2016 report +12 % goodput against min-RTT
+BLEST_VS_MINRTT_RETRANS_MAX = 0.5   # and -80 % retransmissions
+ECF_VS_MINRTT_COMPLETION_MAX = 0.85  # Lim et al. 2017: up to 20 % shorter downloads
+
+
+def _run_metric(run: dict, metric: str) -> float | None:
+    """One run's figure, for ratios paired by repetition."""
+    from bpfkit.lab.report import percentile
+
+    if metric == "goodput":
+        return run.get("goodput_bps")
+    if metric == "retrans":
+        acked = sum((run.get("bytes_by_path") or {}).values())
+        retrans = (run.get("retrans") or {}).get("subflow_bytes")
+        return retrans / acked if acked and retrans is not None else None
+    if metric == "completion_p50":
+        return percentile(run.get("completion_times_s") or [], 50)
+    raise ValueError(metric)
+
+
+def paired_ratio(doc: dict | None, a: str, b: str, metric: str):
+    """mean(a) / mean(b) of a per-run figure over the repetitions both passed (same seed),
+    with its 95 % bootstrap interval (lab/stats.py); None when no pair has both."""
+    from bpfkit.lab import stats
+
+    if not doc:
+        return None, 0
+    by = {s: {r["repetition"]: r for r in doc.get("runs", []) if r["scheduler"] == s and r["ok"]} for s in (a, b)}
+    pairs = [(_run_metric(by[a][k], metric), _run_metric(by[b][k], metric)) for k in sorted(set(by[a]) & set(by[b]))]
+    pairs = [(x, y) for x, y in pairs if x is not None and y]
+    return (stats.ratio_interval(pairs) if pairs else None), len(pairs)
+
+
+def _ratio_target(target_id: str, description: str, doc: dict | None, a: str, b: str, metric: str, bar: float,
+                  higher_is_better: bool) -> dict:
+    interval, pairs = paired_ratio(doc, a, b, metric)
+    if interval is None:
+        return _target(target_id, description, Verdict.NOT_MEASURED, {"pairs": pairs},
+                       f"no repetition where both {a} and {b} passed with a {metric} figure"
+                       + (f" ({b}'s is 0: no ratio)" if doc and metric == "retrans" else ""))
+    verdict = {"met": Verdict.MET, "unmet": Verdict.UNMET}.get(
+        interval.verdict(bar, higher_is_better=higher_is_better), Verdict.INCONCLUSIVE)
+    return _target(target_id, description, verdict,
+                   {"ratio": interval.value, "ci": interval.bounds(), "pairs": pairs, "bar": bar})
+
+
+def regime_targets(scenarios: dict) -> list[dict]:
+    blest_doc, ecf_doc = scenarios.get("blest-regime"), scenarios.get("ecf-regime")
+    return [
+        _ratio_target("blest-regime-goodput", f"BLEST regime: blest goodput >= {BLEST_VS_MINRTT_GOODPUT_MIN:g} x minrtt",
+                      blest_doc, "blest", "minrtt", "goodput", BLEST_VS_MINRTT_GOODPUT_MIN, True),
+        _ratio_target("blest-regime-retrans",
+                      f"BLEST regime: blest retransmitted fraction <= {BLEST_VS_MINRTT_RETRANS_MAX:g} x minrtt's",
+                      blest_doc, "blest", "minrtt", "retrans", BLEST_VS_MINRTT_RETRANS_MAX, False),
+        _ratio_target("ecf-regime-completion",
+                      f"ECF regime: ecf median completion <= {ECF_VS_MINRTT_COMPLETION_MAX:g} x minrtt",
+                      ecf_doc, "ecf", "minrtt", "completion_p50", ECF_VS_MINRTT_COMPLETION_MAX, False),
     ]
 
 
@@ -456,14 +537,14 @@ def _remove_previous_outputs(out: Path) -> None:
     a --quick run after a full one must not leave the full run's plots behind)."""
     for name in _OUTPUT_FILES:
         (out / name).unlink(missing_ok=True)
-    directories = [item.name for item in FULL_PLAN]
+    directories = [item.name for plan in PLANS.values() for item in plan]
     directories += [alone_name(scenario, path) for scenario, paths in ALONE.items() for path in paths]
     for directory in directories:
         for name in _SCENARIO_FILES:
             (out / directory / name).unlink(missing_ok=True)
 
 
-def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...], shard: tuple[int, int] | None = None) -> dict:
+def make_plan(plan_name: str, out: Path, schedulers: tuple[str, ...], shard: tuple[int, int] | None = None) -> dict:
     """What the guest measures, each scenario resolved here (file, length, repetitions,
     schedulers; Scenario.to_dict()), as `lab run --vm` hands its scenario over.
 
@@ -474,7 +555,7 @@ def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...], shard: tuple[
     from bpfkit.lab.scenario import load_scenario, with_schedulers
 
     scenarios, alone = [], []
-    for item in plan_for(quick):
+    for item in plan_for(plan_name):
         file = scenario_file(item.name)
         if not file.exists():
             raise UsageError(f"bench scenario {file} is missing")
@@ -496,7 +577,8 @@ def make_plan(quick: bool, out: Path, schedulers: tuple[str, ...], shard: tuple[
         alone = [e for e in alone if e["index"] % n == k - 1]
     # registered in the guest: only what this plan's scenarios run (a registration costs ~11 s under TCG)
     used = {s for e in scenarios for s in e["scenario"]["schedulers"]}
-    return {"format": BENCH_FORMAT, "quick": quick, "out": str(out), "shard": list(shard) if shard else None,
+    return {"format": BENCH_FORMAT, "plan": plan_name, "quick": plan_name == "quick", "out": str(out),
+            "shard": list(shard) if shard else None,
             "entries": len(entries), "bpf_schedulers": [s for s in schedulers if s != DEFAULT and s in used],
             "scenarios": scenarios, "alone": alone}
 
@@ -515,18 +597,18 @@ def vm_timeout(plan: dict) -> float:
     return total
 
 
-def run(out: Path, *, quick: bool, shard: tuple[int, int] | None = None, echo_guest=None) -> dict:
+def run(out: Path, *, plan_name: str = "full", shard: tuple[int, int] | None = None, echo_guest=None) -> dict:
     """Boot the VM once, measure (all of the plan, or one shard of it), render;
     returns the bench document (bench.json)."""
     from bpfkit.kernel import kbuild, vm
 
     started = time.monotonic()
-    make_plan(quick, out, SCHEDULERS, shard)  # a bad --shard is refused before anything is built
+    make_plan(plan_name, out, SCHEDULERS, shard)  # a bad --plan or --shard is refused before anything is built
     out = fs.output_dir(out.resolve())
     kernel = kbuild.default_kernel()  # the VM boots this one; objects are prebuilt for its BTF
     built = prebuild(kernel.vmlinux)
     schedulers = (DEFAULT, *[n for n, error in built.items() if error is None])
-    plan = make_plan(quick, out, schedulers, shard)
+    plan = make_plan(plan_name, out, schedulers, shard)
     _remove_previous_outputs(out)
     plan_path = out / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1))
@@ -546,7 +628,7 @@ def collect(out: Path, plan: dict, built: dict, vm_info: dict | None, elapsed_fr
     from bpfkit.lab import report, runner
 
     guest_status = json.loads((out / "guest.json").read_text())
-    quick = plan["quick"]
+    quick, plan_name = plan["quick"], _plan_name(plan)
     docs, files = {}, []
     for item in plan["scenarios"]:
         directory = out / item["name"]
@@ -566,16 +648,16 @@ def collect(out: Path, plan: dict, built: dict, vm_info: dict | None, elapsed_fr
             files.append(directory / "results.json")
 
     results = {
-        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "shard": plan.get("shard"),
-        "started": guest_status.get("started"),
+        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "plan_name": plan_name, "quick": quick,
+        "shard": plan.get("shard"), "started": guest_status.get("started"),
         "kernel": next((d["kernel"] for d in docs.values()), None), "vm": vm_info,
         "schedulers": list(SCHEDULERS), "prebuild": built, "guest": guest_status, "plan": plan, "scenarios": docs,
         "alone": alone,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     bench = {
-        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "quick": quick, "shard": plan.get("shard"),
-        "out": str(out),
+        "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "plan_name": plan_name, "quick": quick,
+        "shard": plan.get("shard"), "out": str(out),
         "kernel": results["kernel"], "vm": vm_info, "started": results["started"],
         "elapsed_s": round(time.monotonic() - elapsed_from, 1) if elapsed_from else guest_status.get("seconds"),
         "registered": {n: s for n, s in guest_status.get("loaded", {}).items()},
@@ -609,8 +691,9 @@ def merge(out: Path, shard_dirs: list[Path]) -> dict:
     seen: dict[int, Path] = {}
     for sh in shards:
         k_n = sh["plan"]["shard"]
-        if k_n[1] != n or sh["plan"]["quick"] != first["plan"]["quick"] or sh["plan"]["entries"] != first["plan"]["entries"]:
-            raise UsageError(f"{sh['dir']}: shard {k_n[0]}/{k_n[1]} of a {'quick ' if sh['plan']['quick'] else ''}bench "
+        if k_n[1] != n or _plan_name(sh["plan"]) != _plan_name(first["plan"]) \
+                or sh["plan"]["entries"] != first["plan"]["entries"]:
+            raise UsageError(f"{sh['dir']}: shard {k_n[0]}/{k_n[1]} of a {_plan_name(sh['plan'])} bench "
                              f"does not belong with {first['dir']} (shard {first['plan']['shard'][0]}/{n})")
         if k_n[0] in seen:
             raise UsageError(f"shard {k_n[0]}/{n} given twice: {seen[k_n[0]]} and {sh['dir']}")
@@ -661,6 +744,11 @@ def merge(out: Path, shard_dirs: list[Path]) -> dict:
             if built.get(name) is None:
                 built[name] = error
     return collect(out, plan, built, vm_info)
+
+
+def _plan_name(plan: dict) -> str:
+    """The plan a plan.json is of (one written before --plan existed says only "quick")."""
+    return plan.get("plan") or ("quick" if plan.get("quick") else "full")
 
 
 def _read_shard(directory: Path) -> dict:

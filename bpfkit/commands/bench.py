@@ -28,8 +28,11 @@ def register(subparsers) -> None:
     )
     s.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: results/bench-schedulers-<time>)")
     s.add_argument("--json", action="store_true", help="print bench.json instead of the tables")
-    s.add_argument("--quick", action="store_true",
-                   help="only what the targets need (13 runs instead of 25), shorter; about 6 minutes under TCG")
+    s.add_argument("--plan", choices=sorted(bench.PLANS), default="full",
+                   help="full: the five scenarios of `make demo`; quick: only what their targets need, shorter; "
+                        "regimes: BLEST's and ECF's regimes and three paths, with the papers' targets")
+    s.add_argument("--quick", action="store_const", const="quick", dest="plan",
+                   help="the same as --plan quick (13 runs instead of 25); about 6 minutes under TCG")
     s.add_argument("--shard", metavar="K/N", type=str,
                    help="measure only the K-th of N deterministic slices of the plan (e.g. one job of a CI matrix); "
                         "`bpfkit bench merge` puts the shards' outputs together")
@@ -52,11 +55,11 @@ def handle_schedulers(args) -> int:
     shard = bench.parse_shard(args.shard) if args.shard else None
     out = args.out or bench.default_out()
     console = Console(stderr=True, soft_wrap=True)
-    what = ("quick bench" if args.quick else "bench") + (f", shard {shard[0]}/{shard[1]}" if shard else "")
+    what = ("bench" if args.plan == "full" else f"{args.plan} bench") + (f", shard {shard[0]}/{shard[1]}" if shard else "")
     console.print(f"{what}: one VM boot, results in {out}", highlight=False)
     # With --json stdout must stay pure JSON: the guest's output goes to stderr.
     echo = (lambda text: sys.stderr.write(text)) if args.json else None
-    return _show(bench.run(out, quick=args.quick, shard=shard, echo_guest=echo), args.json)
+    return _show(bench.run(out, plan_name=args.plan, shard=shard, echo_guest=echo), args.json)
 
 
 def handle_merge(args) -> int:

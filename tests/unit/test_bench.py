@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bpfkit import bench
+from bpfkit.errors import UsageError
 from bpfkit.lab.scenario import Scenario, load_scenario, with_schedulers
 
 pytestmark = pytest.mark.unit
@@ -148,17 +149,17 @@ def test_nothing_measured_reports_every_target_as_not_measured():
 
 def test_plans_name_existing_scenarios_and_quick_is_smaller(tmp_path):
     for quick in (False, True):
-        plan = bench.make_plan(quick, tmp_path, bench.SCHEDULERS)
+        plan = bench.make_plan("quick" if quick else "full", tmp_path, bench.SCHEDULERS)
         for item in plan["scenarios"]:  # resolved: what the guest runs is exactly what the plan says
             scenario = Scenario.from_dict(item["scenario"])
             assert scenario.to_dict() == item["scenario"] and scenario.name == item["name"]
-    full = bench.make_plan(False, tmp_path, bench.SCHEDULERS)
-    quick = bench.make_plan(True, tmp_path, bench.SCHEDULERS)
+    full = bench.make_plan("full", tmp_path, bench.SCHEDULERS)
+    quick = bench.make_plan("quick", tmp_path, bench.SCHEDULERS)
     runs = lambda p: sum(len(i["scenario"]["schedulers"]) * i["scenario"]["repetitions"] for i in p["scenarios"])  # noqa: E731
     assert runs(quick) < runs(full)
     assert {i["name"] for i in full["scenarios"]} == {"wifi-lte", "wifi-lte-256k", "lossy-path", "lossy-rr", "handover"}
     # a scheduler that did not build is left out of every scenario, default stays
-    partial = bench.make_plan(False, tmp_path, ("default", "minrtt"))
+    partial = bench.make_plan("full", tmp_path, ("default", "minrtt"))
     assert partial["bpf_schedulers"] == ["minrtt"]
     assert all(set(i["scenario"]["schedulers"]) <= {"default", "minrtt"} and "default" in i["scenario"]["schedulers"]
                for i in partial["scenarios"])
@@ -194,7 +195,7 @@ def test_alone_scenario_keeps_one_path_its_events_and_the_traffic():
 
 def test_plan_runs_the_wifi_lte_paths_alone_at_the_scenario_scale(tmp_path):
     for quick in (False, True):
-        plan = bench.make_plan(quick, tmp_path, bench.SCHEDULERS)
+        plan = bench.make_plan("quick" if quick else "full", tmp_path, bench.SCHEDULERS)
         duration = {i["name"]: i["scenario"]["duration_s"] for i in plan["scenarios"]}
         assert {(a["of"], a["path"]) for a in plan["alone"]} == {
             ("wifi-lte", "wifi"), ("wifi-lte", "lte"), ("wifi-lte-256k", "wifi")}
@@ -253,18 +254,18 @@ def test_short_transfer_target_says_when_the_target_is_below_the_fast_path_alone
 
 def test_shards_partition_the_plan_deterministically(tmp_path):
     for quick in (False, True):
-        whole = bench.make_plan(quick, tmp_path, bench.SCHEDULERS)
+        whole = bench.make_plan("quick" if quick else "full", tmp_path, bench.SCHEDULERS)
         names = [e["name"] for e in [*whole["scenarios"], *whole["alone"]]]
         for n in range(1, whole["entries"] + 1):
-            shards = [bench.make_plan(quick, tmp_path, bench.SCHEDULERS, (k, n)) for k in range(1, n + 1)]
+            shards = [bench.make_plan("quick" if quick else "full", tmp_path, bench.SCHEDULERS, (k, n)) for k in range(1, n + 1)]
             got = [e["name"] for sh in shards for e in [*sh["scenarios"], *sh["alone"]]]
             assert sorted(got) == sorted(names), (quick, n)  # every entry in exactly one shard
-            assert shards == [bench.make_plan(quick, tmp_path, bench.SCHEDULERS, (k, n)) for k in range(1, n + 1)]
+            assert shards == [bench.make_plan("quick" if quick else "full", tmp_path, bench.SCHEDULERS, (k, n)) for k in range(1, n + 1)]
             for sh in shards:  # a shard's guest registers what its scenarios run, nothing more
                 used = {s for e in sh["scenarios"] for s in e["scenario"]["schedulers"]} - {"default"}
                 assert set(sh["bpf_schedulers"]) == used
     with pytest.raises(bench.UsageError, match="N at most 7"):
-        bench.make_plan(True, tmp_path, bench.SCHEDULERS, (1, 8))
+        bench.make_plan("quick", tmp_path, bench.SCHEDULERS, (1, 8))
     for text in ("0/3", "4/3", "2", "a/b", "-1/2", "1/0"):
         with pytest.raises(bench.UsageError, match="expected K/N"):
             bench.parse_shard(text)
@@ -306,14 +307,14 @@ def test_merged_shards_are_the_bench_one_run_gives(tmp_path):
     built = {s: None for s in bench.BPF_SCHEDULERS}
     vm = {"accel": "tcg", "boot_seconds": 11.5, "total_seconds": 300.0, "exit_code": 0}
     single = tmp_path / "single"
-    plan = bench.make_plan(True, single, bench.SCHEDULERS)
+    plan = bench.make_plan("quick", single, bench.SCHEDULERS)
     _fake_guest_output(single, plan)
     one = bench.collect(single, plan, built, vm)
 
     shard_dirs = []
     for k in (1, 2, 3):
         d = tmp_path / f"shard-{k}"
-        shard_plan = bench.make_plan(True, d, bench.SCHEDULERS, (k, 3))
+        shard_plan = bench.make_plan("quick", d, bench.SCHEDULERS, (k, 3))
         _fake_guest_output(d, shard_plan)
         bench.collect(d, shard_plan, built, vm)
         shard_dirs.append(d)
@@ -363,3 +364,58 @@ def test_the_github_actions_example_calls_bpfkit_as_it_parses():
             assert matrix == list(range(1, n + 1))
         else:
             assert [p.name for p in args.shards] == [f"bench-shard-{k}" for k in range(1, n + 1)]
+
+
+def _regime_runs(scheduler: str, values: list[float], metric: str) -> list[dict]:
+    runs = []
+    for i, v in enumerate(values):
+        run = dict(_run(scheduler, goodput=10e6, transfer=20.0), repetition=i)
+        if metric == "goodput":
+            run["goodput_bps"] = v
+        elif metric == "retrans":
+            run["retrans"] = {"mptcp_bytes": 0, "subflow_bytes": int(v * 3_000_000)}
+        else:
+            run["completion_times_s"] = [v, v, v]
+        runs.append(run)
+    return runs
+
+
+def _regimes(**docs) -> dict:
+    return {**_results(**docs), "plan": {"plan": "regimes"}}
+
+
+def test_regime_plan_runs_the_papers_scenarios_and_three_paths(tmp_path):
+    plan = bench.make_plan("regimes", tmp_path, bench.SCHEDULERS)
+    assert [i["name"] for i in plan["scenarios"]] == ["blest-regime", "ecf-regime", "three-paths"]
+    assert plan["plan"] == "regimes" and plan["quick"] is False and plan["alone"] == []
+    blest = Scenario.from_dict(plan["scenarios"][0]["scenario"])
+    assert blest.buffers == {"client_receive": 128 * 1024} and blest.repetitions == 3
+    assert set(blest.schedulers) == {"default", "minrtt", "blest", "ecf"}
+    assert len(Scenario.from_dict(plan["scenarios"][2]["scenario"]).paths) == 3
+    with pytest.raises(UsageError, match="--plan 'nope'"):
+        bench.make_plan("nope", tmp_path, bench.SCHEDULERS)
+
+
+def test_regime_targets_judge_the_paired_ratio_to_minrtt_by_its_interval():
+    blest_doc = _doc("blest-regime", [
+        *_regime_runs("minrtt", [10e6, 11e6, 9e6, 10e6], "goodput"),
+        *_regime_runs("blest", [13e6, 14e6, 12e6, 13e6], "goodput"),
+    ])
+    ecf_doc = _doc("ecf-regime", [
+        *_regime_runs("minrtt", [0.30, 0.31, 0.29], "completion"),
+        *_regime_runs("ecf", [0.29, 0.31, 0.30], "completion"),
+    ])
+    targets = {t["id"]: t for t in bench.targets(_regimes(blest_regime=blest_doc, ecf_regime=ecf_doc))}
+    assert list(targets) == ["blest-regime-goodput", "blest-regime-retrans", "ecf-regime-completion"]
+    assert targets["blest-regime-goodput"]["status"] == "met"  # 1.3 x, interval above 1.10
+    assert targets["blest-regime-goodput"]["values"]["pairs"] == 4
+    assert targets["ecf-regime-completion"]["status"] == "unmet"  # 1.0 x, interval above 0.85
+    # no retransmissions at all: no ratio to judge
+    assert targets["blest-regime-retrans"]["status"] == "not measured"
+    retrans_doc = _doc("blest-regime", [
+        *_regime_runs("minrtt", [0.02, 0.03, 0.025], "retrans"), *_regime_runs("blest", [0.02, 0.001, 0.03], "retrans"),
+    ])
+    verdict = bench.targets(_regimes(blest_regime=retrans_doc))[1]
+    assert verdict["status"] == "inconclusive" and verdict["values"]["ci"][0] < 0.5 < verdict["values"]["ci"][1]
+    # the standard plan's targets are untouched by the regime scenarios
+    assert "blest-regime-goodput" not in _by_id(_results(blest_regime=blest_doc))
