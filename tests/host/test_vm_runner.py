@@ -107,8 +107,9 @@ def test_guest_kernel_panic_exits_125_with_console_lines(kernel):
     assert "Kernel panic" in str(err.value)
 
 
-def _lock_is_free() -> bool:
-    with open(cache_dir() / vm.VM_LOCK, "a+") as f:
+def _lock_is_free(path: Path | None = None) -> bool:
+    """Whether a bpfkit lock file (the VM lock by default) could be taken now."""
+    with open(path or cache_dir() / vm.VM_LOCK, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -158,13 +159,7 @@ def _processes_naming(text: str) -> set[int]:
 
 
 def _kbuild_lock_is_free(cache: Path) -> bool:
-    with open(cache / "kbuild.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
+    return _lock_is_free(cache / "kbuild.lock")
 
 
 def test_sigkill_of_vm_kernel_leaves_no_make_and_holds_the_build_lock_until_it_is_gone(tmp_path):
