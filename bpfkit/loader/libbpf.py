@@ -13,9 +13,9 @@ points at, and the last lines of its log.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
-import contextlib
 import os
 import re
 import struct
