@@ -115,7 +115,10 @@ REGIMES_PLAN = (
 PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "regimes": REGIMES_PLAN}
 
 # Scenario -> the paths run alone as references (see the module docstring).
-ALONE = {"wifi-lte": ("wifi", "lte"), "wifi-lte-256k": ("wifi",)}
+ALONE = {"wifi-lte": ("wifi", "lte"), "wifi-lte-256k": ("wifi",),
+         # what BLEST's regime's fast path carries by itself: the floor a scheduler that never
+         # uses the slow path gets (blest, ecf and minrtt did so in the first measurement)
+         "blest-regime": ("fast",)}
 
 
 def alone_name(scenario: str, path: str) -> str:

@@ -148,6 +148,9 @@ def describe_values(target: dict) -> str:
     if tid == "handover-all-verified":
         parts = [f"{s} {e['verified_runs']}/{e['runs']}" for s, e in v["schedulers"].items()]
         return "verified runs: " + ", ".join(parts) + (f" ({target['note']})" if target.get("note") else "")
+    if "ratio" in v:  # the regimes' paired ratios (bench.regime_targets)
+        return (f"{v['ratio']:.2f}{_bounds(v.get('ci'))} over {v['pairs']} paired repetition(s) "
+                f"(bar {v['bar']:g}){'' if v.get('ci') else ': too few pairs for an interval'}{note}")
     return json.dumps(v)
 
 

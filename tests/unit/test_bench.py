@@ -387,7 +387,9 @@ def _regimes(**docs) -> dict:
 def test_regime_plan_runs_the_papers_scenarios_and_three_paths(tmp_path):
     plan = bench.make_plan("regimes", tmp_path, bench.SCHEDULERS)
     assert [i["name"] for i in plan["scenarios"]] == ["blest-regime", "ecf-regime", "three-paths"]
-    assert plan["plan"] == "regimes" and plan["quick"] is False and plan["alone"] == []
+    assert plan["plan"] == "regimes" and plan["quick"] is False
+    assert [a["name"] for a in plan["alone"]] == ["blest-regime.fast-alone"]
+    assert Scenario.from_dict(plan["alone"][0]["scenario"]).buffers == {"client_receive": 128 * 1024}
     blest = Scenario.from_dict(plan["scenarios"][0]["scenario"])
     assert blest.buffers == {"client_receive": 128 * 1024} and blest.repetitions == 3
     assert set(blest.schedulers) == {"default", "minrtt", "blest", "ecf"}
