@@ -49,6 +49,7 @@ WHEEL = $(WHEEL_DIR)/bpfkit-$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyprojec
 wheel: venv
 	rm -rf $(WHEEL_DIR) build  # setuptools' build/ would carry files removed from the tree since
 	$(VENV)/bin/pip wheel -q -w $(WHEEL_DIR) .  # with its dependencies: a host can install offline
+	rm -rf build
 
 # The bench boots the VM once, loads the four BPF schedulers and compares them with
 # the default; each run replaces the previous results (table, bench.png, bench.json).

@@ -115,7 +115,7 @@ from bpfkit.sched import lifecycle, registry, scaffold
 assert "fifth" in registry.reference_names()
 assert lifecycle.builtin_sources()["fifth"].parent == Path({str(bpf / "sched")!r})
 assert "fifth" in bench.SCHEDULERS
-plan = bench.make_plan(True, Path({str(tmp_path / "out")!r}), bench.SCHEDULERS)
+plan = bench.make_plan("quick", Path({str(tmp_path / "out")!r}), bench.SCHEDULERS)
 assert "fifth" in plan["bpf_schedulers"], plan["bpf_schedulers"]
 lossy_rr = next(s for s in plan["scenarios"] if s["name"] == "lossy-rr")
 assert "fifth" in lossy_rr["scenario"]["schedulers"], lossy_rr
