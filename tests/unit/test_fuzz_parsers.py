@@ -16,10 +16,10 @@ pytestmark = pytest.mark.unit
 SCENARIO_KEYS = ["name", "description", "duration", "seed", "repetitions", "schedulers", "paths", "traffic",
                  "events", "mptcp", "timeout", "rate", "delay", "jitter", "loss", "queue", "backup", "kind",
                  "direction", "bytes", "time", "request_size", "response_size", "count", "warmup", "message_size",
-                 "at", "path", "set", "wifi", "lte"]
+                 "at", "path", "set", "wifi", "lte", "buffers", "client_receive", "server_send"]
 POLICY_KEYS = ["rule", "match", "set", "name", "local", "remote", "interface", "port", "backup", "mark",
                "congestion", "pacing_rate", "priority", "tos", "tclass", "notsent_lowat", "family"]
-QUANTITIES = ["20mbit", "1e400mbit", "inf", "nan", "-1ms", "10ms", "0", "1e999", "5s", "0.5%", "bulk",
+QUANTITIES = ["20mbit", "1e400mbit", "inf", "nan", "-1ms", "10ms", "0", "1e999", "5s", "0.5%", "bulk", "128KiB", "1e9GiB",
               "request-response", "cbr", "download", "upload", "10.0.0.0/8", "::1/128", "cubic", "eth0",
               "", "\x1b[2J", "../../etc/x", "default", "minrtt"]
 
