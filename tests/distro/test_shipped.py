@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from bpfkit import cgroup
 from bpfkit.mptcpize import rewrite
+from tests.distro.test_mptcpize import IPPROTO_MPTCP, protocol_in
 from tests.host.test_shipped import install_wheel, run_installed
 
 pytestmark = pytest.mark.distro
 
-IPPROTO_MPTCP = 262
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +40,7 @@ def test_mptcpize_attach_from_the_wheel_without_a_compiler(installed):
         try:
             result = run_installed(site, home, "mptcpize", "attach", "--cgroup", str(cg), timeout=600)
             assert result.returncode == 0, result.stderr
-            pid = os.getpid()
-            home_cgroup = Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip()
-            cgroup.add_pid(cg, pid)
-            try:
-                with socket.socket() as s:
-                    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == IPPROTO_MPTCP
-            finally:
-                cgroup.add_pid(cgroup.cgroup2_root() / home_cgroup.lstrip("/"), pid)
+            assert protocol_in(cg) == IPPROTO_MPTCP
             status = json.loads(run_installed(site, home, "mptcpize", "status", "--json").stdout)
             assert [c["rewrites"] for c in status["cgroups"]] == [1]
             result = run_installed(site, home, "mptcpize", "detach", "--cgroup", str(cg))
