@@ -116,8 +116,12 @@ def create_path(path: str | Path) -> Path:
         missing.append(current)
         current = current.parent
     for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        try:
             directory.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as exc:  # at boot this is one skipped entry of `mptcpize restore`, not a traceback
+            raise UsageError(f"cgroup {path}: cannot create {directory}: {exc.strerror}") from None
     return target
 
 
