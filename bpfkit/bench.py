@@ -349,8 +349,7 @@ def _ratio_target(target_id: str, description: str, doc: dict | None, a: str, b:
     interval, pairs = paired_ratio(doc, a, b, metric)
     if interval is None:
         return _target(target_id, description, Verdict.NOT_MEASURED, {"pairs": pairs},
-                       f"no repetition where both {a} and {b} passed with a {metric} figure"
-                       + (f" ({b}'s is 0: no ratio)" if doc and metric == "retrans" else ""))
+                       f"no repetition where both {a} and {b} passed with a nonzero {b} {metric} figure")
     verdict = {"met": Verdict.MET, "unmet": Verdict.UNMET}.get(
         interval.verdict(bar, higher_is_better=higher_is_better), Verdict.INCONCLUSIVE)
     return _target(target_id, description, verdict,
