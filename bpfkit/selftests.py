@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,7 @@ class ScriptRun:
     known: list[int] = dataclasses.field(default_factory=list)  # subtests known to fail (KnownFailure)
     attempts: int = 1
     flaky: list[int] = dataclasses.field(default_factory=list)  # failed in an earlier attempt, passed in the last
+    args: list[str] = dataclasses.field(default_factory=list)  # given to the script (--args)
 
     def unexplained_failures(self, known: list[int]) -> list[int]:
         return sorted(s.number for s in self.subtests if s.status == "fail" and s.number not in known)
@@ -183,6 +185,8 @@ def format_table(runs: list[ScriptRun]) -> str:
     for r in runs:
         failed = [s.number for s in r.subtests if s.status == "fail"]
         note = r.error or (f"failed: {', '.join(f'#{n}' for n in failed)}" if failed else "")
+        if r.args:
+            note = f"args: {shlex.join(r.args)}" + (f"; {note}" if note else "")
         if r.flaky:
             note += (f"{'; ' if note else ''}flaky: {', '.join(f'#{n}' for n in r.flaky)} failed, then passed "
                      f"(attempt {r.attempts})")
@@ -238,6 +242,28 @@ def resolve_scripts(requested: list[str] | None, available: list[str]) -> list[s
         if full not in available:
             raise UsageError(f"no selftest {name!r} in this tree (has: {', '.join(available)})")
         out.append(full)
+    return out
+
+
+def parse_script_args(specs: list[str], scripts: list[str]) -> dict[str, list[str]]:
+    """`SCRIPT=ARGS` (from --args) -> {"SCRIPT.sh": [arg, ...]}. The arguments are split as a shell
+    would split them but are only ever an argv: no shell sees them."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name = name.strip()
+        full = name if name.endswith(".sh") else f"{name}.sh"
+        if not sep or not name:
+            raise UsageError(f"--args {spec!r}: expected SCRIPT=ARGS, e.g. 'mptcp_connect=-f 131072'")
+        if full not in scripts:
+            raise UsageError(f"--args {spec!r}: {full} is not among the scripts to run ({', '.join(scripts)})")
+        if full in out:
+            raise UsageError(f"--args: {full} is given twice")
+        try:
+            words = shlex.split(text)
+        except ValueError as exc:
+            raise UsageError(f"--args {spec!r}: {exc}") from None
+        out[full] = words
     return out
 
 
@@ -366,7 +392,8 @@ def _run_with_retries(name: str, script: str, script_dir: Path, out_dir: Path, w
     subtest of a scheduler that passes it (blest #9 in a clean-clone CI run, 2026-12-03) can miss by
     that much."""
     known = plan.get("known", {}).get(f"{name}/{script}", [])
-    run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], attempt=1)
+    script_args = plan.get("script_args", {}).get(script, [])
+    run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], script_args, attempt=1)
     earlier_failures: set[int] = set()
     total = run.seconds
     for attempt in range(2, plan.get("retries", 0) + 2):
@@ -376,7 +403,8 @@ def _run_with_retries(name: str, script: str, script_dir: Path, out_dir: Path, w
         earlier_failures |= set(failures)
         print(f"bpfkit: {name}: {script}: failed {', '.join(f'#{n}' for n in failures)}; attempt {attempt}",
               file=sys.stderr, flush=True)
-        run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], attempt=attempt)
+        run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], script_args,
+                          attempt=attempt)
         total += run.seconds
         run.attempts = attempt
     run.seconds = total
@@ -385,7 +413,7 @@ def _run_with_retries(name: str, script: str, script_dir: Path, out_dir: Path, w
 
 
 def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper_dir: Path,
-                timeout: float, attempt: int = 1) -> ScriptRun:
+                timeout: float, script_args: list[str], attempt: int = 1) -> ScriptRun:
     suffix = "" if attempt == 1 else f".attempt{attempt}"
     log = out_dir / f"{name}.{script}{suffix}.log"
     netns_log = out_dir / f"{name}.{script}.netns"
@@ -396,7 +424,7 @@ def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper
     print(f"bpfkit: {name}: {script} ...", file=sys.stderr, flush=True)
     start = time.monotonic()
     with open(log, "w") as f:
-        proc = subprocess.Popen([str(script_dir / script)], cwd=script_dir, env=env, stdout=f,
+        proc = subprocess.Popen([str(script_dir / script), *script_args], cwd=script_dir, env=env, stdout=f,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code: int | None = proc.wait(timeout=timeout)
@@ -412,7 +440,7 @@ def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper
         error = f"killed after {timeout:.0f}s"
     elif netns == 0 and name != "default" and code != KSFT_SKIP:
         error = "the script created no netns through `ip netns add`: the scheduler was never selected"
-    run = ScriptRun(name, script, code, seconds, parse_tap(text), str(log), netns, error)
+    run = ScriptRun(name, script, code, seconds, parse_tap(text), str(log), netns, error, args=list(script_args))
     print(f"bpfkit: {name}: {script}: {run.status} ({run.count('pass')} ok, {run.count('fail')} failed, "
           f"{run.count('skip')} skipped) in {seconds:.0f}s", file=sys.stderr, flush=True)
     return run

@@ -50,6 +50,10 @@ def register(subparsers) -> None:
     st.add_argument("--scheduler", default="default", metavar="S[,S...]",
                     help="'default', built-in names (minrtt, ...) or scheduler files (default: %(default)s)")
     st.add_argument("--tests", metavar="NAMES", help="scripts to run, e.g. simult_flows,diag (default: all)")
+    st.add_argument("--args", action="append", default=[], metavar="SCRIPT=ARGS",
+                    help="arguments for one script, split like a shell would (no shell runs them), e.g. "
+                         "'mptcp_connect=-f 131072': a fixed file size instead of the script's random 256 KiB-8 MiB "
+                         "(repeatable)")
     st.add_argument("--kernel", type=Path, metavar="TREE",
                     help="a kernel source tree: build it as-is and run its own selftests (default: Debian's "
                          "linux-source + vm/patches)")
@@ -107,6 +111,7 @@ def handle_selftests(args) -> int:
     tree, build_dir = kbuild.tree_and_build_dir(args.kernel, args.flavour)
     install_dir = selftests.install(tree, build_dir)
     scripts = selftests.resolve_scripts(_names(args.tests) if args.tests else None, selftests.scripts_in(install_dir))
+    script_args = selftests.parse_script_args(args.args, scripts)
     timeout = args.script_timeout or selftests.script_timeout(install_dir)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = fs.output_dir((args.out or cache_dir() / "selftests-runs" / stamp).resolve())
@@ -116,7 +121,7 @@ def handle_selftests(args) -> int:
     known_by_run = {f"{name}/{script}": subtests for name in schedulers for script in scripts
                     if (subtests := selftests.known_subtests(known, name, script, accel))}
     plan = {"install_dir": str(install_dir), "out_dir": str(out_dir), "schedulers": schedulers,
-            "scripts": scripts, "timeout": timeout, "retries": args.retries, "known": known_by_run}
+            "scripts": scripts, "script_args": script_args, "timeout": timeout, "retries": args.retries, "known": known_by_run}
     plan_file = out_dir / "plan.json"
     plan_file.write_text(json.dumps(plan, indent=2))
     budget = timeout * len(scripts) * len(schedulers) * (1 + args.retries) + 120

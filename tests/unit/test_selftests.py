@@ -138,3 +138,27 @@ def test_retries_rerun_unexplained_failures_and_report_flaky(tmp_path, retries, 
     assert int((script_dir / "count").read_text()) == attempts
     if flaky:
         assert "flaky: #2 failed, then passed" in selftests.format_table([r])
+
+
+def test_script_args_are_split_validated_and_reach_the_script(tmp_path):
+    scripts = ["mptcp_connect.sh", "diag.sh"]
+    assert selftests.parse_script_args(["mptcp_connect=-f 131072 -r '25% 50%'"], scripts) == {
+        "mptcp_connect.sh": ["-f", "131072", "-r", "25% 50%"]}
+    for bad, message in [("mptcp_connect", "expected SCRIPT=ARGS"), ("=-f 1", "expected SCRIPT=ARGS"),
+                         ("pm_netlink=-x", "not among the scripts"), ("diag='-x", "No closing quotation")]:
+        with pytest.raises(UsageError, match=message):
+            selftests.parse_script_args([bad], scripts)
+    with pytest.raises(UsageError, match="given twice"):
+        selftests.parse_script_args(["diag=-a", "diag.sh=-b"], scripts)
+
+    script_dir = tmp_path / "scripts"
+    script_dir.mkdir()
+    script = script_dir / "t.sh"
+    script.write_text('#!/bin/sh\necho "TAP version 13"\n[ "$1 $2" = "-r 25% 50%" ] && echo "ok 1 - argv" '
+                      '|| echo "not ok 1 - argv: $*"\n')
+    script.chmod(0o755)
+    (tmp_path / "out").mkdir()
+    plan = {"timeout": 30, "script_args": {"t.sh": ["-r", "25% 50%"]}}
+    r = selftests._run_with_retries("default", "t.sh", script_dir, tmp_path / "out", tmp_path / "bin", plan)
+    assert [s.status for s in r.subtests] == ["pass"] and r.args == ["-r", "25% 50%"]
+    assert "args: -r '25% 50%'" in selftests.format_table([r])
