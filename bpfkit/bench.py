@@ -306,6 +306,8 @@ def targets(results: dict) -> list[dict]:
         _short_transfer_target(_rows(scenarios.get("wifi-lte-256k")), _alone_rows(results, "wifi-lte-256k")),
         _lossy_rr_target(_rows(scenarios.get("lossy-rr"))),
         _handover_target(scenarios.get("handover"), expected),
+        # a user's scheduler (--scheduler FILE) is held to what the reference ones are in bulk
+        *(_bulk_target(bulk, name, bulk_alone) for name in (results.get("plan") or {}).get("objects", {})),
     ]
 
 
@@ -437,7 +439,7 @@ def guest(plan_path: Path) -> int:
     try:
         for name in plan["bpf_schedulers"]:
             t0 = time.monotonic()
-            error = registrations.load(name)
+            error = registrations.load(plan.get("objects", {}).get(name, name))
             status["loaded"][name] = {"ok": error is None, "error": error, "seconds": round(time.monotonic() - t0, 1)}
             print(f"bench: {'registered' if error is None else 'could not register'} {name}"
                   + ("" if error is None else f": {error}"), flush=True)
@@ -546,14 +548,18 @@ def _remove_previous_outputs(out: Path) -> None:
             (out / directory / name).unlink(missing_ok=True)
 
 
-def make_plan(plan_name: str, out: Path, schedulers: tuple[str, ...], shard: tuple[int, int] | None = None) -> dict:
+def make_plan(plan_name: str, out: Path, schedulers: tuple[str, ...], shard: tuple[int, int] | None = None,
+              objects: dict[str, Path] | None = None) -> dict:
     """What the guest measures, each scenario resolved here (file, length, repetitions,
     schedulers; Scenario.to_dict()), as `lab run --vm` hands its scenario over.
 
     With shard=(K, N), only the K-th of N deterministic slices: entry i of the whole
     plan (its scenarios, then the paths run alone) belongs to shard i mod N + 1. A
     scenario's repetitions stay together (their runs are paired across schedulers),
-    so `bench merge` puts shards back together without touching a run."""
+    so `bench merge` puts shards back together without touching a run.
+
+    OBJECTS: a user's schedulers (--scheduler FILE; name -> object built on the host), measured
+    in every scenario of the plan beside the plan's own schedulers and registered from the object."""
     from bpfkit.lab.scenario import load_scenario, with_schedulers
 
     scenarios, alone = [], []
@@ -562,7 +568,7 @@ def make_plan(plan_name: str, out: Path, schedulers: tuple[str, ...], shard: tup
         if not file.exists():
             raise UsageError(f"bench scenario {file} is missing")
         base = load_scenario(file).scaled(item.scale)
-        chosen = [s for s in item.schedulers if s in schedulers]
+        chosen = [s for s in item.schedulers if s in schedulers] + list(objects or {})
         scenario = dataclasses.replace(with_schedulers(base, chosen), repetitions=item.repetitions)
         scenarios.append({"name": item.name, "scenario": scenario.to_dict(), "purpose": item.purpose})
         for path in ALONE.get(item.name, ()):
@@ -581,7 +587,8 @@ def make_plan(plan_name: str, out: Path, schedulers: tuple[str, ...], shard: tup
     used = {s for e in scenarios for s in e["scenario"]["schedulers"]}
     return {"format": BENCH_FORMAT, "plan": plan_name, "quick": plan_name == "quick", "out": str(out),
             "shard": list(shard) if shard else None,
-            "entries": len(entries), "bpf_schedulers": [s for s in schedulers if s != DEFAULT and s in used],
+            "entries": len(entries), "bpf_schedulers": [s for s in (*schedulers, *(objects or {})) if s != DEFAULT and s in used],
+            "objects": {name: str(path) for name, path in (objects or {}).items()},
             "scenarios": scenarios, "alone": alone}
 
 
@@ -599,18 +606,25 @@ def vm_timeout(plan: dict) -> float:
     return total
 
 
-def run(out: Path, *, plan_name: str = "full", shard: tuple[int, int] | None = None, echo_guest=None) -> dict:
+def run(out: Path, *, plan_name: str = "full", shard: tuple[int, int] | None = None, echo_guest=None,
+        files: tuple[str, ...] = ()) -> dict:
     """Boot the VM once, measure (all of the plan, or one shard of it), render;
-    returns the bench document (bench.json)."""
+    returns the bench document (bench.json). FILES: a user's schedulers (.bpf.c or .o),
+    built here for the VM kernel and measured in every scenario beside the plan's."""
     from bpfkit.kernel import kbuild, vm
+    from bpfkit.sched import lifecycle
 
     started = time.monotonic()
     make_plan(plan_name, out, SCHEDULERS, shard)  # a bad --plan or --shard is refused before anything is built
+    for file in files:
+        lifecycle.resolve_source(file)  # a missing file, too
     out = fs.output_dir(out.resolve())
     kernel = kbuild.default_kernel()  # the VM boots this one; objects are prebuilt for its BTF
+    # a file that does not build, or takes a reference scheduler's name, is refused before the VM boots
+    objects = lifecycle.build_objects(list(files), kernel.vmlinux, "--scheduler", taken=SCHEDULERS)
     built = prebuild(kernel.vmlinux)
     schedulers = (DEFAULT, *[n for n, error in built.items() if error is None])
-    plan = make_plan(plan_name, out, schedulers, shard)
+    plan = make_plan(plan_name, out, schedulers, shard, objects)
     _remove_previous_outputs(out)
     plan_path = out / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=1))
@@ -653,7 +667,7 @@ def collect(out: Path, plan: dict, built: dict, vm_info: dict | None, elapsed_fr
         "format": BENCH_FORMAT, "kind": "bpfkit bench schedulers", "plan_name": plan_name, "quick": quick,
         "shard": plan.get("shard"), "started": guest_status.get("started"),
         "kernel": next((d["kernel"] for d in docs.values()), None), "vm": vm_info,
-        "schedulers": list(SCHEDULERS), "prebuild": built, "guest": guest_status, "plan": plan, "scenarios": docs,
+        "schedulers": [*SCHEDULERS, *plan.get("objects", {})], "prebuild": built, "guest": guest_status, "plan": plan, "scenarios": docs,
         "alone": alone,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -694,7 +708,8 @@ def merge(out: Path, shard_dirs: list[Path]) -> dict:
     for sh in shards:
         k_n = sh["plan"]["shard"]
         if k_n[1] != n or _plan_name(sh["plan"]) != _plan_name(first["plan"]) \
-                or sh["plan"]["entries"] != first["plan"]["entries"]:
+                or sh["plan"]["entries"] != first["plan"]["entries"] \
+                or sorted(sh["plan"].get("objects", {})) != sorted(first["plan"].get("objects", {})):
             raise UsageError(f"{sh['dir']}: shard {k_n[0]}/{k_n[1]} of a {_plan_name(sh['plan'])} bench "
                              f"does not belong with {first['dir']} (shard {first['plan']['shard'][0]}/{n})")
         if k_n[0] in seen:

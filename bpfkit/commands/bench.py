@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                         "regimes: BLEST's and ECF's regimes and three paths, with the papers' targets")
     s.add_argument("--quick", action="store_const", const="quick", dest="plan",
                    help="the same as --plan quick (13 runs instead of 25); about 6 minutes under TCG")
+    s.add_argument("--scheduler", action="append", default=[], metavar="FILE", dest="files",
+                   help="also measure this scheduler (.bpf.c, built on the host for the VM kernel, or a prebuilt .o) "
+                        "in every scenario of the plan, registered in the guest for the run (repeatable)")
     s.add_argument("--shard", metavar="K/N", type=str,
                    help="measure only the K-th of N deterministic slices of the plan (e.g. one job of a CI matrix); "
                         "`bpfkit bench merge` puts the shards' outputs together")
@@ -59,7 +62,8 @@ def handle_schedulers(args) -> int:
     console.print(f"{what}: one VM boot, results in {out}", highlight=False)
     # With --json stdout must stay pure JSON: the guest's output goes to stderr.
     echo = (lambda text: sys.stderr.write(text)) if args.json else None
-    return _show(bench.run(out, plan_name=args.plan, shard=shard, echo_guest=echo), args.json)
+    return _show(bench.run(out, plan_name=args.plan, shard=shard, echo_guest=echo, files=tuple(args.files)),
+                 args.json)
 
 
 def handle_merge(args) -> int:

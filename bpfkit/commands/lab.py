@@ -102,7 +102,6 @@ def _build_scheduler_files(files: list[str], where: str, kernel: Path | None) ->
     """`--schedulers` entries that are files → {registered name: object}, each built for
     the kernel that measures (the VM kernel's BTF for --vm: the guest finds the object in
     the shared cache and compiles nothing)."""
-    from bpfkit.loader import build
     from bpfkit.sched import lifecycle
 
     target = None  # the running kernel
@@ -117,16 +116,7 @@ def _build_scheduler_files(files: list[str], where: str, kernel: Path | None) ->
     else:
         raise UsageError(f"--kernel {kernel}: a scheduler file is built against the kernel's BTF, which needs "
                          "a kernel build directory with its vmlinux", hint="give kernels/<key>, not a bzImage")
-    objects: dict[str, Path] = {}
-    for entry in files:
-        source = lifecycle.resolve_source(entry)
-        obj = source if lifecycle.is_object(source) else build.compile_bpf(source, kernel=target).path
-        name = lifecycle.pick_ops_map(source, lifecycle.ops_maps_of_object(obj)).name
-        if name == lifecycle.DEFAULT or name in objects:
-            raise UsageError(f"--schedulers: {entry} registers {name!r}, "
-                             + ("the in-kernel scheduler's name" if name == lifecycle.DEFAULT else "as another entry does"))
-        objects[name] = obj
-    return objects
+    return lifecycle.build_objects(files, target, "--schedulers")
 
 
 def handle_run(args) -> int:

@@ -157,6 +157,27 @@ def resolve_source(spec: str) -> Path:
                      hint="pass a path to load your own: bpfkit sched load ./my_sched.bpf.c")
 
 
+def build_objects(entries: list[str], vmlinux: Path | None, option: str,
+                  taken: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Scheduler files (.bpf.c or a prebuilt .o) named on a command line -> {the name each
+    registers: its object}, compiled for the kernel of VMLINUX (None: the running one).
+    A VM job is built on the host (clang under TCG is slow; the guest finds the object in the
+    shared cache). A name that is `default`, in TAKEN or given twice is refused, naming OPTION."""
+    from bpfkit.loader import build
+
+    objects: dict[str, Path] = {}
+    for entry in entries:
+        source = resolve_source(entry)
+        obj = source if is_object(source) else build.compile_bpf(source, kernel=vmlinux).path
+        name = pick_ops_map(source, ops_maps_of_object(obj)).name
+        if name == DEFAULT:
+            raise UsageError(f"{option}: {entry} registers {name!r}, the in-kernel scheduler's name")
+        if name in objects or name in taken:
+            raise UsageError(f"{option}: {entry} registers {name!r}, as another scheduler of this run does")
+        objects[name] = obj
+    return objects
+
+
 # ---------------------------------------------------------------- kernel state
 
 

@@ -421,3 +421,22 @@ def test_regime_targets_judge_the_paired_ratio_to_minrtt_by_its_interval():
     assert verdict["status"] == "inconclusive" and verdict["values"]["ci"][0] < 0.5 < verdict["values"]["ci"][1]
     # the standard plan's targets are untouched by the regime scenarios
     assert "blest-regime-goodput" not in _by_id(_results(blest_regime=blest_doc))
+
+
+def test_a_users_scheduler_runs_in_every_scenario_and_has_the_bulk_target(tmp_path):
+    objects = {"mine": tmp_path / "mine.bpf.o"}
+    for name in ("quick", "full", "regimes"):
+        plan = bench.make_plan(name, tmp_path, bench.SCHEDULERS, objects=objects)
+        assert all("mine" in i["scenario"]["schedulers"] for i in plan["scenarios"])
+        assert plan["bpf_schedulers"][-1] == "mine" and plan["objects"] == {"mine": str(tmp_path / "mine.bpf.o")}
+    # a shard without a scenario (only paths alone) registers nothing of the user's
+    whole = bench.make_plan("quick", tmp_path, bench.SCHEDULERS, objects=objects)
+    n = whole["entries"]
+    last = bench.make_plan("quick", tmp_path, bench.SCHEDULERS, (n, n), objects=objects)
+    assert not last["scenarios"] and last["bpf_schedulers"] == []
+
+    results = _results(wifi_lte=_doc("wifi-lte", [*_reps("default", [0.9, 0.91, 0.9]),
+                                                  *_reps("mine", [0.8, 0.81, 0.8])]))
+    results["plan"] = whole
+    target = _by_id(results)["wifi-lte-bulk-mine"]
+    assert target["status"] == "unmet" and target["values"]["vs_default"] == pytest.approx(0.8 / 0.9, rel=0.01)

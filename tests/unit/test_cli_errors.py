@@ -39,3 +39,11 @@ def test_an_output_directory_that_cannot_be_one_is_one_error(tmp_path, capsys, a
     code = cli.main([a.replace("{file}", str(file)) for a in argv])
     err = capsys.readouterr().err
     assert code == 2 and "cannot be used as a directory" in err and "Traceback" not in err
+
+
+def test_a_missing_scheduler_file_is_refused_before_the_bench_starts(tmp_path, capsys):
+    code = cli.main(["bench", "schedulers", "--quick", "--scheduler", str(tmp_path / "nope.bpf.c"),
+                     "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope.bpf.c: no such BPF C file" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
