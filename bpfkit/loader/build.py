@@ -295,6 +295,21 @@ def object_origin() -> str:
             f"{manifest.get('btf_of')}, libbpf headers {manifest.get('libbpf_headers')} (CO-RE)")
 
 
+def _without_dwarf(obj: Path) -> bytes:
+    """The object without its DWARF sections (-g is for bpftool's and the verifier's source
+    lines on a developer's machine): 0.7 MB -> tens of KB each. CO-RE and the verifier's log
+    read .BTF and .BTF.ext, which `llvm-strip -g` keeps."""
+    strip = shutil.which("llvm-strip")
+    if strip is None:
+        raise BuildError("llvm-strip is not installed", hint="apt-get install llvm")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / obj.name
+        result = subprocess.run([strip, "-g", "-o", str(out), str(obj)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"llvm-strip -g {obj}: {result.stderr.strip()}")
+        return out.read_bytes()
+
+
 def ship(out_dir: Path) -> Path:
     """Compile SHIPPED_PROGRAMS (CO-RE, against this machine's kernel BTF: the target kernel
     relocates them) into out_dir, with a manifest of what built them. Used by setup.py."""
@@ -304,7 +319,7 @@ def ship(out_dir: Path) -> Path:
         source = BPF_DIR / f"{name}.bpf.c"
         built = compile_bpf(source)
         target = out_dir / f"{name}.bpf.o"
-        _atomic_write(target, built.path.read_bytes())
+        _atomic_write(target, _without_dwarf(built.path))
         objects[name] = {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
     manifest = {"clang": clang_version(), "btf_of": f"Linux {platform.release()}",
                 "libbpf_headers": libbpf_dist.find().version, "objects": objects}

@@ -77,8 +77,13 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 def test_the_wheel_carries_the_ops_objects_and_templates(installed):
     site, _ = installed
     data = site / "bpfkit" / "data"
+    from elftools.elf.elffile import ELFFile
+
     for name in build.SHIPPED_PROGRAMS:
-        assert (data / "bpf" / f"{name}.bpf.o").read_bytes()[:4] == b"\x7fELF"
+        with open(data / "bpf" / f"{name}.bpf.o", "rb") as f:
+            sections = {s.name for s in ELFFile(f).iter_sections()}
+        # CO-RE needs .BTF and .BTF.ext; the DWARF (10x their size) stays out of the wheel
+        assert {".BTF", ".BTF.ext"} <= sections and not {s for s in sections if s.startswith(".debug")}, sections
     manifest = json.loads((data / "bpf" / build.MANIFEST).read_text())
     assert set(manifest["objects"]) == set(build.SHIPPED_PROGRAMS)
     assert manifest["clang"].startswith(("Debian clang", "clang"))
