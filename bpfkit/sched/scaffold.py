@@ -233,5 +233,6 @@ def run_new(args) -> int:
     shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target)
     print(f"wrote {shown} (scheduler {args.name!r}, from {args.origin})")
     print(f"next: bpfkit sched load {shown} && bpfkit sched use {args.name}")
-    print(f"      bpfkit lab run scenarios/wifi-lte.toml --schedulers default,{args.name}")
+    print(f"      bpfkit lab run scenarios/wifi-lte.toml --schedulers default,{os.path.join('.', shown)}"
+          "   # one command: built here, measured in the VM")
     return 0

@@ -82,7 +82,8 @@ def test_minimal_render_names_everything_after_the_scheduler():
         assert f"int BPF_PROG(my_sched_{callback}," in text or f"void BPF_PROG(my_sched_{callback}," in text
     # the guide tells how to build, load, select and compare
     for line in ("bpfkit sched load my_sched.bpf.c", "bpfkit sched use my_sched",
-                 "bpfkit lab run scenarios/wifi-lte.toml --schedulers default,my_sched"):
+                 "bpfkit lab run scenarios/wifi-lte.toml --schedulers default,./my_sched.bpf.c",
+                 "bpfkit bench schedulers --plan quick --scheduler ./my_sched.bpf.c"):
         assert line in text
     assert "{{" not in text and "{%" not in text
 
