@@ -77,3 +77,18 @@ def ratio_interval(pairs: list[tuple[float, float]]) -> Interval | None:
     value = (sum(a) / len(a)) / (sum(b) / len(b))
     low, high = _bootstrap((a, b), lambda x, y: _mean(x) / _mean(y), paired=True)
     return Interval(value, low, high)
+
+
+def independent_ratio_interval(a: list[float], b: list[float], most: int = 2000) -> Interval | None:
+    """mean(a) / mean(b) of two independent samples (e.g. the durations of two schedulers' calls),
+    resampled separately. A long sample is first cut to `most` values drawn at random (the
+    bootstrap's cost grows with it; an evenly spaced pick could alias with a periodic pattern)."""
+    np = optional_import("numpy", "confidence intervals")
+
+    if not a or not b or not sum(b):
+        return None
+    value = (sum(a) / len(a)) / (sum(b) / len(b))
+    rng = np.random.default_rng(_SEED)
+    thin = lambda xs: xs if len(xs) <= most else [xs[i] for i in rng.choice(len(xs), most, replace=False)]  # noqa: E731
+    low, high = _bootstrap((thin(list(a)), thin(list(b))), lambda x, y: _mean(x) / _mean(y), paired=False)
+    return Interval(value, low, high)

@@ -161,6 +161,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
         "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
         "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
+        "bpf_enable_stats": (c_int, [c_int]),
         "bpf_link_detach": (c_int, [c_int]),
         "bpf_prog_get_next_id": (c_int, [c_uint32, POINTER(c_uint32)]),
         "bpf_map_get_next_id": (c_int, [c_uint32, POINTER(c_uint32)]),
@@ -929,7 +930,17 @@ class _ProgInfo(ctypes.Structure):
     _fields_ = [("type", c_uint32), ("id", c_uint32), ("tag", c_char * 8), ("jited_prog_len", c_uint32),
                 ("xlated_prog_len", c_uint32), ("jited_prog_insns", c_uint64), ("xlated_prog_insns", c_uint64),
                 ("load_time", c_uint64), ("created_by_uid", c_uint32), ("nr_map_ids", c_uint32),
-                ("map_ids", c_uint64), ("name", c_char * 16)]
+                ("map_ids", c_uint64), ("name", c_char * 16),
+                # struct bpf_prog_info up to the run-time statistics (Linux >= 5.1; counted only
+                # while kernel.bpf_stats_enabled is 1)
+                ("ifindex", c_uint32), ("gpl_compatible", c_uint32), ("netns_dev", c_uint64),
+                ("netns_ino", c_uint64), ("nr_jited_ksyms", c_uint32), ("nr_jited_func_lens", c_uint32),
+                ("jited_ksyms", c_uint64), ("jited_func_lens", c_uint64), ("btf_id", c_uint32),
+                ("func_info_rec_size", c_uint32), ("func_info", c_uint64), ("nr_func_info", c_uint32),
+                ("nr_line_info", c_uint32), ("line_info", c_uint64), ("jited_line_info", c_uint64),
+                ("nr_jited_line_info", c_uint32), ("line_info_rec_size", c_uint32),
+                ("jited_line_info_rec_size", c_uint32), ("nr_prog_tags", c_uint32), ("prog_tags", c_uint64),
+                ("run_time_ns", c_uint64), ("run_cnt", c_uint64)]
 
 
 class _MapInfo(ctypes.Structure):
@@ -955,7 +966,25 @@ def _info(fd: int, struct_type):
 
 def prog_info(fd: int) -> dict:
     i = _info(fd, _ProgInfo)
-    return {"id": i.id, "type": PROG_TYPES.get(i.type, str(i.type)), "name": i.name.decode(errors="replace")}
+    return {"id": i.id, "type": PROG_TYPES.get(i.type, str(i.type)), "name": i.name.decode(errors="replace"),
+            "run_time_ns": i.run_time_ns, "run_cnt": i.run_cnt}
+
+
+BPF_STATS_RUN_TIME = 0
+
+
+@contextlib.contextmanager
+def run_time_stats():
+    """Count every program's run time and runs (prog_info's run_time_ns / run_cnt) while the
+    block runs: BPF_ENABLE_STATS holds the count on through a descriptor (Linux >= 5.8), so a
+    killed process leaves kernel.bpf_stats_enabled as it found it, unlike writing the sysctl."""
+    fd = lib().bpf_enable_stats(BPF_STATS_RUN_TIME)
+    if fd < 0:
+        raise LoadError(f"enabling BPF run-time statistics: {_strerror(_errno_of(fd))}")
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def map_info(fd: int) -> dict:

@@ -124,6 +124,10 @@ class Tracer:
     def _attach(self, name: str) -> libbpf.Link:
         return self._obj.program(name).attach()
 
+    def program_fds(self) -> dict[str, int]:
+        """The attached tracing programs by name (their run-time statistics are the trace's cost)."""
+        return {name: self._obj.program(name).fd for name in PROGRAMS}
+
     def poll(self, timeout_ms: int = 100) -> list[dict]:
         assert self._ring is not None
         self._ring.poll(timeout_ms)

@@ -53,6 +53,27 @@ def test_sockops_runs_for_connections_in_the_cgroup(test_bpf, no_leftover_bpf):
         assert _count(obj.map("op_counts"), BPF_SOCK_OPS_TCP_CONNECT_CB) == 1
 
 
+def test_run_time_statistics_count_only_while_enabled(test_bpf, no_leftover_bpf):
+    srv, port = _listener()
+    path = build.compile_bpf(test_bpf("sockops_counter")).path
+    enabled = Path("/proc/sys/kernel/bpf_stats_enabled")
+    if enabled.read_text().strip() != "0":
+        pytest.fail("kernel.bpf_stats_enabled is already 1: another tool counts, this test cannot tell")
+    with srv, cgroup.temporary() as cg, libbpf.open_object(path, rodata={"watch_port": port}) as obj:
+        prog = obj.program("count_ops")
+        with prog.attach_cgroup(cg):
+            _connect_from(cg, port)
+            assert libbpf.prog_info(prog.fd)["run_cnt"] == 0  # not counted: stats are off
+            with libbpf.run_time_stats():  # on while its descriptor is open (the sysctl does not show it)
+                _connect_from(cg, port)
+            info = libbpf.prog_info(prog.fd)
+            ops = sum(_count(obj.map("op_counts"), op) for op in range(16))
+            # the runs of the second connection only, each timed
+            assert 0 < info["run_cnt"] < ops and info["run_time_ns"] > 0, (info, ops)
+            _connect_from(cg, port)
+            assert libbpf.prog_info(prog.fd)["run_cnt"] == info["run_cnt"]
+
+
 def test_connections_outside_the_cgroup_are_not_seen(test_bpf, no_leftover_bpf):
     srv, port = _listener()
     path = build.compile_bpf(test_bpf("sockops_counter")).path
