@@ -151,7 +151,28 @@ def _indent(lines: list[str]) -> str:
     return "\n".join("  | " + line for line in lines) if lines else "  | (nothing)"
 
 
-def guest_script(command: list[str], cwd: str, env: dict[str, str], status_dir: Path) -> str:
+# The guest's root is the host's / over 9p (read-only). vng mounts it uncached; with cache=loose
+# (vng's options otherwise) a process start reads what an earlier one read from the guest's page
+# and dentry caches. Measured under TCG (2026-12-04): `python3 -c pass` 2.2 s -> 0.6 s, the venv's
+# python 3.3 s -> 0.7 s. Safe because the guest cannot write the root; what it shares read-write
+# (the project, the cache) are separate, uncached 9p mounts. The last rootflags= wins.
+ROOT_FLAGS = "version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"
+ROOT_VIEW = Path("/run/bpfkit-root")
+
+
+def read_mostly_dirs(shared: list[Path]) -> list[Path]:
+    """Trees inside a read-write share that the guest only reads, and reads a lot: this Python's
+    venv and bpfkit's own package. The guest sees them through the cached root instead (a bind
+    mount of the root's view over them): importing the lab in the guest took 19 s through the
+    uncached share, 4-7 s through the root (TCG, 2026-12-04). Read-only there, which they may be:
+    the guest installs nothing, and a .pyc Python cannot write it compiles in memory."""
+    candidates = [Path(sys.prefix).resolve()] if sys.prefix != sys.base_prefix else []
+    candidates.append(Path(__file__).resolve().parent.parent)  # the bpfkit package
+    return [c for c in candidates if any(c.is_relative_to(s) for s in shared)]
+
+
+def guest_script(command: list[str], cwd: str, env: dict[str, str], status_dir: Path,
+                 read_mostly: list[Path] = ()) -> str:
     """The sh script the guest runs. Everything user-supplied is shlex-quoted."""
     started = shlex.quote(str(status_dir / "started"))
     status = shlex.quote(str(status_dir / "status"))
@@ -159,6 +180,10 @@ def guest_script(command: list[str], cwd: str, env: dict[str, str], status_dir: 
         "# written by bpfkit: run one command, then report its exit status to the host",
         f": > {started}",
     ]
+    if read_mostly:
+        view = shlex.quote(str(ROOT_VIEW))
+        lines.append(f"mkdir -p {view} && mount --bind / {view}")  # the root alone, none of the shares
+        lines += [f"mount --bind {shlex.quote(f'{ROOT_VIEW}{d}')} {shlex.quote(str(d))}" for d in read_mostly]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
     lines += [
         f"cd {shlex.quote(cwd)} || {{ echo bpfkit: cannot enter {shlex.quote(cwd)} in the guest >&2;"
@@ -427,7 +452,7 @@ def vng_command(vng: Path, *, kernel: Path, accel: str, mem: str, cpus: int, sha
     for path in shared:
         cmd += ["--rwdir", check_safe_path(path, "shared directory")]
     # Kernel console to hvc0 -> console.log; loglevel=5 keeps warnings, oopses, panics.
-    cmd += ["--append", "console=hvc0 loglevel=5"]
+    cmd += ["--append", f"console=hvc0 loglevel=5 rootflags={ROOT_FLAGS}"]
     cmd += ["--exec", f"sh {workdir / 'guest.sh'}"]
     # vng requires --qemu-opts to come last; "=" keeps argparse from reading the
     # leading "-device" as an option of vng's own.
@@ -476,9 +501,9 @@ def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, acce
              timeout: float, mem: str, cpus: int, rwdirs, env, capture: bool, lock_fd: int | None) -> VmResult:
     cwd = os.getcwd()
     guest_env = guest_environment(env)
-    (workdir / "guest.sh").write_text(guest_script(command, cwd, guest_env, workdir))
-    cmd = vng_command(vng, kernel=kernel, accel=accel, mem=mem, cpus=cpus,
-                      shared=_shared_dirs(workdir, list(rwdirs)), workdir=workdir)
+    shared = _shared_dirs(workdir, list(rwdirs))
+    (workdir / "guest.sh").write_text(guest_script(command, cwd, guest_env, workdir, read_mostly_dirs(shared)))
+    cmd = vng_command(vng, kernel=kernel, accel=accel, mem=mem, cpus=cpus, shared=shared, workdir=workdir)
     host_env = dict(os.environ)
     host_env["PATH"] = f"{vng.parent}:{host_env.get('PATH', '/usr/bin:/bin')}"  # vng runs its siblings
 

@@ -80,6 +80,18 @@ def test_guest_script_reports_126_when_cwd_is_missing(tmp_path):
     assert (tmp_path / "status").read_text().strip() == "126"
 
 
+def test_read_mostly_dirs_are_the_venv_and_package_inside_a_share_and_bound_from_the_root(tmp_path):
+    package = PROJECT_ROOT / "bpfkit"
+    assert package in vm.read_mostly_dirs([PROJECT_ROOT])
+    assert vm.read_mostly_dirs([tmp_path]) == []  # outside every share: already on the cached root
+    script = vm.guest_script(["true"], "/", {}, tmp_path, [package, Path("/a b/venv")])
+    lines = script.splitlines()
+    assert f"mount --bind / {vm.ROOT_VIEW}" in lines[2]
+    assert f"mount --bind {vm.ROOT_VIEW}{package} {package}" in lines
+    assert f"mount --bind '{vm.ROOT_VIEW}/a b/venv' '/a b/venv'" in lines
+    assert "mount" not in vm.guest_script(["true"], "/", {}, tmp_path)
+
+
 def test_guest_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BPFKIT_CACHE", str(tmp_path))
     env = vm.guest_environment({"EXTRA": "1"}, host_env={
@@ -119,6 +131,7 @@ def test_vng_command_line(tmp_path):
     assert cmd[-1].startswith("--qemu-opts=")  # vng wants it last
     assert f"-chardev file,id=bpfkit_console,path={tmp_path}/console.log" in cmd[-1]
     assert "console=hvc0" in cmd[cmd.index("--append") + 1]
+    assert f"rootflags={vm.ROOT_FLAGS}" in cmd[cmd.index("--append") + 1] and "cache=loose" in vm.ROOT_FLAGS
     assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--rwdir"] == ["/work/main", str(tmp_path)]
     kvm_cmd = vm.vng_command(Path("vng"), kernel=Path("/k/bzImage"), accel="kvm", mem="1G", cpus=1,
                              shared=[], workdir=tmp_path)
