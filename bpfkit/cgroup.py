@@ -100,9 +100,11 @@ def remove(cgroup: Path) -> None:
     cgroup.rmdir()
 
 
-def create_path(path: str | Path) -> Path:
+@contextlib.contextmanager
+def created_path(path: str | Path):
     """A cgroup given as for resolve(), created with its missing parents if absent (as systemd
-    creates a unit's, which it then adopts: it tolerates an existing directory)."""
+    creates a unit's, which it then adopts: it tolerates an existing directory). If the block
+    fails, the directories this made are removed again: nothing is left of a failed restore."""
     from bpfkit.errors import UsageError
 
     root = cgroup2_root()
@@ -115,14 +117,22 @@ def create_path(path: str | Path) -> Path:
     while not current.exists():
         missing.append(current)
         current = current.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            pass
-        except OSError as exc:  # at boot this is one skipped entry of `mptcpize restore`, not a traceback
-            raise UsageError(f"cgroup {path}: cannot create {directory}: {exc.strerror}") from None
-    return target
+    made: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+                made.append(directory)
+            except FileExistsError:
+                pass
+            except OSError as exc:  # at boot this is one skipped entry of `mptcpize restore`, not a traceback
+                raise UsageError(f"cgroup {path}: cannot create {directory}: {exc.strerror}") from None
+        yield target
+    except BaseException:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):  # a process moved in meanwhile keeps it: not ours to kill
+                directory.rmdir()
+        raise
 
 
 @contextlib.contextmanager

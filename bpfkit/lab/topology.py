@@ -36,12 +36,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyroute2 import NetNS, netns
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic.mptcp import MPTCP
-from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
-from pyroute2.netlink.rtnl.tcmsg import sched_netem, sched_tbf, tcmsg
+from bpfkit import pyroute2_lean
+
+pyroute2_lean.use()  # before any pyroute2 import: only the submodules below (see the module)
+
+from pyroute2 import netns  # noqa: E402
+from pyroute2.iproute import NetNS  # noqa: E402
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST  # noqa: E402
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+from pyroute2.netlink.generic.mptcp import MPTCP  # noqa: E402
+from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT  # noqa: E402
+from pyroute2.netlink.rtnl.tcmsg import sched_netem, sched_tbf, tcmsg  # noqa: E402
 
 from bpfkit import netns as namespaces  # pyroute2 has a `netns` of its own
 from bpfkit.errors import BpfkitError, KernelUnsupported, UsageError

@@ -164,8 +164,8 @@ def restore(root: Path = Path("/")) -> tuple[list[str], list[str]]:
         try:
             options = Options.of("all" if len(entry.get("families", [])) != 1 else entry["families"][0],
                                  entry.get("exclude", []))
-            cgroup.create_path(relative)
-            attach(relative, options)
+            with cgroup.created_path(relative):  # removed again if the attach fails
+                attach(relative, options)
             attached.append(relative)
         except UsageError as exc:
             skipped.append(f"{relative}: {exc.message}")

@@ -386,7 +386,10 @@ def _pacing_rate(where: _Where, raw) -> int:
 def interface_addresses(netns: str | None = None) -> dict[str, list[Network]]:
     """Interface name → its addresses (as /32 or /128 networks), in a network
     namespace by name (/run/netns/NAME) or the current one."""
-    from pyroute2 import IPRoute, NetNS
+    from bpfkit import pyroute2_lean
+
+    pyroute2_lean.use()
+    from pyroute2.iproute import IPRoute, NetNS
     from pyroute2.netlink.exceptions import NetlinkError
 
     if netns is not None and not Path("/run/netns", netns).exists():
