@@ -68,12 +68,10 @@ CASES = {
     "red": ("every subflow marked: sequential data on both", lambda r: r.share(1) >= 0.2 and r.share(2) >= 0.2),
     "burst": ("lowest RTT with room, in bursts: a verified transfer on two subflows",
               lambda r: r.share(1) + r.share(2) >= 1.0),
-    # Turns count get_send() calls, not bytes, and a subflow's bytes include what it retransmits
-    # (shares add up to more than 100 %): 111/33, 70/44 and 76/25 % in three runs (2026-12-03); one
-    # CI run failed the earlier "subflow 1 carries more" (detail not kept). Subflow 1 carrying at
-    # least half the data is what 3 turns in 4 give under any of those.
-    "weighted": ("3:1 turns: subflow 1 carries at least half, subflow 2 some",
-                 lambda r: r.share(1) >= 0.5 and r.share(2) >= 0.05),
+    # Turns count get_send() calls, not bytes: a turn sends what the subflow's window allows, so the
+    # byte shares wander (111/33, 70/44, 76/25 % in three runs of 2026-12-03, 45/63 % in a CI run of
+    # 2026-12-04). The turns themselves are checked by tracing the decisions (WEIGHTED_TURNS).
+    "weighted": ("3:1 turns: both subflows carry data", lambda r: r.share(1) >= 0.05 and r.share(2) >= 0.05),
     # equal fast paths: subflow 1 is idle again most of the time; what shows the kfunc at work is that
     # subflow 2 gets the data that found subflow 1 busy (a first-subflow scheduler gives it none)
     "idle": ("an idle subflow first: subflow 2 takes what finds subflow 1 busy",
@@ -81,19 +79,32 @@ CASES = {
 }
 
 
+# The weighted scheduler's get_send() picks, from `sched trace` on the sender: 3 turns of subflow 1 for
+# 1 of subflow 2 while both are active, subflow 1 alone before the join (or while 2 is not active),
+# so subflow 1 has at least twice subflow 2's picks, and subflow 2 has some.
+WEIGHTED_TURNS = 2.0
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_export_and_omr_style_scheduler_loads_and_behaves(pair, name):
+    from bpfkit.sched import trace
+
     promise, check = CASES[name]
     with loaded(name) as kernel_name:
         assert kernel_name == f"compat_{'wrr' if name == 'weighted' else name}"
         assert kernel_name in lifecycle.available()
         pair.set_scheduler(kernel_name)
         assert pair.sysctl("net.mptcp.scheduler") == kernel_name
-        res = transfer(pair, 4 * MiB)
+        with trace.observe(pair.cli) if name == "weighted" else contextlib.nullcontext({}) as decisions:
+            res = transfer(pair, 4 * MiB)
     res.assert_intact()
     report(f"compat {name}", res)
     assert set(res.by_id) == {1, 2}, res.by_id
     assert check(res), f"{name}: expected {promise}; got {res.by_id}"
+    if name == "weighted":
+        picks = {int(k): v for k, v in decisions["picks"].items()}
+        assert picks.get(2, 0) > 0 and picks.get(1, 0) >= WEIGHTED_TURNS * picks[2], \
+            f"weighted: expected 3:1 turns; get_send picks {picks}"
 
 
 def test_backup_style_keeps_data_off_the_backup_path(pair):
