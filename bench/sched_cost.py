@@ -193,9 +193,12 @@ def main() -> int:
     from bpfkit.loader import build
     from bpfkit.paths import cache_dir
 
-    counts = sorted({int(x) for x in args.subflows.split(",")})
+    try:
+        counts = sorted({int(x) for x in args.subflows.split(",")})
+    except ValueError:
+        counts = []
     if not counts or counts[0] < 1 or counts[-1] > MAX_PATHS:
-        sys.exit(f"--subflows: counts from 1 to {MAX_PATHS}")
+        sys.exit(f"--subflows {args.subflows!r}: comma-separated counts from 1 to {MAX_PATHS}")
     kernel = kbuild.default_kernel()
     built = bench.prebuild(kernel.vmlinux)  # clang on the host: the guest finds the objects in the cache
     failed = {n: e for n, e in built.items() if e}

@@ -182,8 +182,11 @@ def guest_script(command: list[str], cwd: str, env: dict[str, str], status_dir: 
     ]
     if read_mostly:
         view = shlex.quote(str(ROOT_VIEW))
-        lines.append(f"mkdir -p {view} && mount --bind / {view}")  # the root alone, none of the shares
-        lines += [f"mount --bind {shlex.quote(f'{ROOT_VIEW}{d}')} {shlex.quote(str(d))}" for d in read_mostly]
+        # the root alone, none of the shares; without it the trees stay on their (slower) share
+        binds = " && ".join(f"mount --bind {shlex.quote(f'{ROOT_VIEW}{d}')} {shlex.quote(str(d))}"
+                            for d in read_mostly)
+        lines.append(f"mkdir -p {view} && mount --bind / {view} && {binds} || "
+                     f"echo 'bpfkit: reading the venv through the uncached share (slower)' >&2")
     lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
     lines += [
         f"cd {shlex.quote(cwd)} || {{ echo bpfkit: cannot enter {shlex.quote(cwd)} in the guest >&2;"
