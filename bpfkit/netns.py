@@ -1,11 +1,14 @@
-"""Network namespaces by their `ip netns` name: the one name rule, entering one,
-running a function in one, and its per-namespace sysctls.
+"""Network namespaces by their `ip netns` name: the one name rule, creating and
+removing one, entering one, running a function in one, a socket opened in one, and
+its per-namespace sysctls.
 
 Entering is setns(2) on the calling thread only (the rest of the process stays
 where it is), so a socket opened or a /proc/sys/net file opened inside belongs to
 that namespace: /proc/sys/net resolves to the network namespace of the thread
 that opens it. That is cheaper than a process per query (`ip netns exec`), which
-matters in an emulated guest (4.5 s for `python3 -c pass` under TCG).
+matters in an emulated guest (4.5 s for `python3 -c pass` under TCG), and than the
+forked helper process pyroute2 0.9 starts for each namespace it creates and each
+netlink socket it opens in one.
 
 No BPF and no MPTCP here: the lab, `sched`, `top`, `sock_diag` and the tests all
 use this one module."""
@@ -15,6 +18,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
 import stat
 import threading
 from pathlib import Path
@@ -25,6 +29,8 @@ from bpfkit.errors import BpfkitError, UsageError
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` bind-mounts a namespace
 SYSCTL_DIR = Path("/proc/sys")
 CLONE_NEWNET = 0x40000000
+MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 0x100000
+MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -109,11 +115,21 @@ def call_in(name: str | None, fn: Callable[[], T]) -> T:
     if name is None:
         return fn()
     path(name)  # a clear error before any thread starts
+
+    def run() -> T:
+        enter(name)
+        return fn()
+
+    return _in_helper_thread(name, run)
+
+
+def _in_helper_thread(name: str, fn: Callable[[], T]) -> T:
+    """fn() on a thread of its own, which ends with it (and so does any namespace
+    change it made); its exception is raised here."""
     result: dict = {}
 
     def run() -> None:
         try:
-            enter(name)
             result["value"] = fn()
         except BaseException as exc:  # re-raised in the caller's thread
             result["error"] = exc
@@ -124,6 +140,69 @@ def call_in(name: str | None, fn: Callable[[], T]) -> T:
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def _checked_run_dir() -> Path:
+    """/run/netns as `ip netns add` leaves it: made if missing, and a shared mount point
+    (so a namespace bound later shows in mount namespaces copied earlier, e.g. an
+    `ip netns exec`'s). Refused if it is a symlink or anyone but root can write to it."""
+    try:
+        NETNS_DIR.mkdir(mode=0o755)
+    except FileExistsError:
+        pass
+    st = os.lstat(NETNS_DIR)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise BpfkitError(f"{NETNS_DIR} is not a directory only root can write to; not creating namespaces in it")
+    here = bytes(NETNS_DIR)
+    if _libc.mount(b"none", here, None, MS_SHARED | MS_REC, None) != 0:
+        # not a mount point yet: bind it onto itself first (iproute2 does the same)
+        if _libc.mount(here, here, None, MS_BIND | MS_REC, None) != 0 or \
+                _libc.mount(b"none", here, None, MS_SHARED | MS_REC, None) != 0:
+            err = ctypes.get_errno()
+            raise BpfkitError(f"making {NETNS_DIR} a shared mount: {os.strerror(err)}")
+    return NETNS_DIR
+
+
+def create(name: str) -> None:
+    """`ip netns add NAME`: a new network namespace, kept by a bind mount on
+    /run/netns/NAME. A helper thread unshares into it and binds it; the thread then
+    ends, so nothing but the mount holds it."""
+    target = _checked_run_dir() / check_name(name)
+    try:
+        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0))
+    except FileExistsError:
+        raise UsageError(f"network namespace {name!r} exists already") from None
+
+    def bind() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0 or \
+                _libc.mount(b"/proc/thread-self/ns/net", bytes(target), None, MS_BIND, None) != 0:
+            err = ctypes.get_errno()
+            raise BpfkitError(f"creating network namespace {name}: {os.strerror(err)}",
+                              hint="needs root (CAP_SYS_ADMIN)" if err == errno.EPERM else None)
+
+    try:
+        _in_helper_thread(name, bind)
+    except BaseException:
+        os.unlink(target)
+        raise
+
+
+def remove(name: str) -> None:
+    """`ip netns delete NAME`: the namespace goes when its last process or socket does.
+    FileNotFoundError if there is no such name (as os.unlink)."""
+    target = NETNS_DIR / check_name(name)
+    if stat.S_ISLNK(os.lstat(target).st_mode):
+        raise UsageError(f"{target} is a symlink, not a network namespace bpfkit will remove")
+    if _libc.umount2(bytes(target), MNT_DETACH) != 0 and ctypes.get_errno() != errno.EINVAL:
+        err = ctypes.get_errno()
+        raise BpfkitError(f"removing network namespace {name}: {os.strerror(err)}")
+    os.unlink(target)
+
+
+def socket_in(name: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket of namespace `name` (None: the current one); e.g. a netlink socket
+    to hand pyroute2 (`IPRoute(fileno=...)`) instead of its forked helper."""
+    return call_in(name, lambda: socket.socket(family, kind | socket.SOCK_CLOEXEC, proto))
 
 
 def is_current(name: str) -> bool:

@@ -213,20 +213,29 @@ def run_once(
         observed = observing.enter_context(observe(sender_ns)) if observe else None
         result_files = {side: Path(tmp) / f"{side}.json" for side in ("client", "server")}
         common = ["-m", "bpfkit.lab.traffic"]
+        # Both sides start at once (a Python start-up each, about a second under TCG, now
+        # overlapped on the guest's two vCPUs); the client connects when told the server listens.
         server = topo.popen(
             "server",
             [python, *common, "server", "--job", job, "--port", str(TRAFFIC_PORT), "--result", str(result_files["server"])],
             stdout=subprocess.PIPE,
             text=True,
         )
-        if _read_line(server, STARTUP_TIMEOUT_S) != "ready":
-            raise LabError("the traffic server did not start", hint=_failure_hint(server))
         client = topo.popen(
             "client",
-            [python, *common, "client", "--job", job, "--address", topo.server_address, "--port", str(TRAFFIC_PORT), "--result", str(result_files["client"])],
+            [python, *common, "client", "--job", job, "--address", topo.server_address, "--port", str(TRAFFIC_PORT),
+             "--result", str(result_files["client"]), "--wait-for-go"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
+        if _read_line(server, STARTUP_TIMEOUT_S) != "ready":
+            raise LabError("the traffic server did not start", hint=_failure_hint(server))
+        try:
+            client.stdin.write("go\n")
+            client.stdin.close()
+        except BrokenPipeError:
+            pass  # the client exited already: it did not connect, said below
         line = _read_line(client, STARTUP_TIMEOUT_S)
         connected = line.startswith("connected ")
         t0 = time.monotonic() if not connected else int(line.split()[1]) / 1e9
@@ -234,13 +243,16 @@ def run_once(
         timed_out = False
         try:
             deadline = t0 + scenario.effective_timeout_s
-            while client.poll() is None or server.poll() is None:
-                if time.monotonic() > deadline:
-                    timed_out = True
-                    break
-                if progress:
-                    progress(f"{scheduler} #{repetition + 1}", time.monotonic() - t0)
-                time.sleep(0.2)
+            for proc in (client, server):
+                while proc.poll() is None and not timed_out:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        timed_out = True
+                        break
+                    if progress:
+                        progress(f"{scheduler} #{repetition + 1}", time.monotonic() - t0)
+                    with contextlib.suppress(subprocess.TimeoutExpired):  # returns as soon as it exits
+                        proc.wait(timeout=min(0.2, remaining))
         finally:
             events.stop()
         qdisc = topo.qdisc_stats()

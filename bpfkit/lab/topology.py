@@ -30,7 +30,9 @@ import errno
 import itertools
 import os
 import re
+import functools
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -40,8 +42,7 @@ from bpfkit import pyroute2_lean
 
 pyroute2_lean.use()  # before any pyroute2 import: only the submodules below (see the module)
 
-from pyroute2 import netns  # noqa: E402
-from pyroute2.iproute import NetNS  # noqa: E402
+from pyroute2.iproute import IPRoute  # noqa: E402
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 from pyroute2.netlink.generic.mptcp import MPTCP  # noqa: E402
@@ -62,6 +63,19 @@ ENDPOINT_BACKUP = 0x04
 
 _ROUTE_TABLE_BASE = 100
 _counter = itertools.count()
+NETLINK_ROUTE, NETLINK_GENERIC = 0, 16
+
+
+# pyroute2 0.9 forks a helper process for each namespace it creates and each socket it opens
+# in one (its netns= argument); bpfkit.netns does both on a thread, and pyroute2 gets the socket.
+def rtnl(ns: str) -> IPRoute:
+    """rtnetlink in namespace `ns`."""
+    return IPRoute(fileno=namespaces.socket_in(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach())
+
+
+def mptcp_pm(ns: str) -> MPTCP:
+    """The MPTCP path manager's generic netlink family in namespace `ns`."""
+    return MPTCP(fileno=namespaces.socket_in(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_GENERIC).detach())
 
 
 class TopologyError(BpfkitError):
@@ -90,7 +104,7 @@ def _rate_bytes(bps: float) -> int:
 
 
 def netns_exists(name: str) -> bool:
-    return name in netns.listnetns()
+    return name in namespaces.names()
 
 
 def run_in_netns(ns: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
@@ -100,13 +114,14 @@ def run_in_netns(ns: str, argv: Sequence[str], **kwargs) -> subprocess.Completed
     return subprocess.run(["ip", "netns", "exec", ns, *argv], **kwargs)
 
 
+@functools.cache
 def detect_shaping() -> str:
     """'netem' if the kernel has the netem qdisc, else 'tbf' (rate only). Probed
     once per process in a scratch namespace."""
     probe = f"{NETNS_PREFIX}{os.getpid()}-{next(_counter)}-router"
-    netns.create(probe)
+    namespaces.create(probe)
     try:
-        with NetNS(probe, flags=0) as ns:
+        with rtnl(probe) as ns:
             lo = ns.link_lookup(ifname="lo")[0]
             try:
                 ns.tc("add", "netem", lo, delay=1000)
@@ -116,7 +131,7 @@ def detect_shaping() -> str:
                     return "tbf"
                 raise
     finally:
-        netns.remove(probe)
+        namespaces.remove(probe)
 
 
 SHAPING_NOTES = {
@@ -129,7 +144,7 @@ SHAPING_NOTES = {
 def remove_stale() -> list[str]:
     """Remove lab namespaces whose creating process no longer exists."""
     removed = []
-    for name in netns.listnetns():
+    for name in namespaces.names():
         match = NETNS_PATTERN.match(name)
         if not match:
             continue
@@ -141,7 +156,7 @@ def remove_stale() -> list[str]:
             pass
         except PermissionError:
             continue
-        netns.remove(name)
+        namespaces.remove(name)
         removed.append(name)
     return removed
 
@@ -228,7 +243,7 @@ class Topology:
             raise KernelUnsupported(f"kernel {os.uname().release} has no netem qdisc", hint="use --shaping tbf (rate only) or --vm")
         try:
             for name in self.namespaces:
-                netns.create(name)
+                namespaces.create(name)
                 self._created.append(name)
             # Before any interface exists so new interfaces inherit it: our paths are
             # asymmetric by design (replies to a path-k address come back on path k
@@ -277,14 +292,14 @@ class Topology:
         self._processes.clear()
         for name in reversed(self._created):
             try:
-                netns.remove(name)
+                namespaces.remove(name)
             except FileNotFoundError:
                 pass
         self._created.clear()
 
     # ---- building
     def _build_links(self) -> None:
-        with NetNS(self.client_ns, flags=0) as cli, NetNS(self.router_ns, flags=0) as rtr, NetNS(self.server_ns, flags=0) as srv:
+        with rtnl(self.client_ns) as cli, rtnl(self.router_ns) as rtr, rtnl(self.server_ns) as srv:
             for ipr in (cli, rtr, srv):
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             for name in self.order:
@@ -310,7 +325,7 @@ class Topology:
                 srv.route("add", dst=f"10.{i + 1}.1.0/24", gateway=a.router_server_side, oif=srv.link_lookup(ifname=f"eth{i}")[0])
                 self._shape(rtr, name)
 
-    def _add_client_routes(self, cli: NetNS, name: str) -> None:
+    def _add_client_routes(self, cli: IPRoute, name: str) -> None:
         a = self.addresses[name]
         oif = cli.link_lookup(ifname=f"eth{a.index}")[0]
         cli.route("replace", dst="0.0.0.0/0", gateway=a.router_client_side, oif=oif, table=_ROUTE_TABLE_BASE + a.index + 1)
@@ -338,7 +353,7 @@ class Topology:
         burst = max(2 * MTU_FRAME, int(path.rate_bps / 8 * 0.002))
         return "tbf", {"rate": _rate_bytes(path.rate_bps), "burst": burst, "limit": path.queue_packets * MTU_FRAME + burst}
 
-    def _shape(self, rtr: NetNS, name: str) -> None:
+    def _shape(self, rtr: IPRoute, name: str) -> None:
         """Create or replace the root qdisc of both router interfaces of a path
         (replacing netem or tbf with the same kind keeps its queue)."""
         if self.shaping == "none":
@@ -361,8 +376,8 @@ class Topology:
 
     def _configure_mptcp(self) -> None:
         extra = len(self.order) - 1
-        client = MPTCP(netns=self.client_ns, flags=0)
-        server = MPTCP(netns=self.server_ns, flags=0)
+        client = mptcp_pm(self.client_ns)
+        server = mptcp_pm(self.server_ns)
         try:
             client.limits("set", subflows=extra, add_addr_accepted=extra if self.server_signal else 0)
             server.limits("set", subflows=extra, add_addr_accepted=0)
@@ -379,7 +394,7 @@ class Topology:
 
     def mptcp_endpoints(self, side: str = "client") -> list[dict]:
         """The MPTCP endpoints of one side, as {'addr', 'id', 'flags'} dicts."""
-        sock = MPTCP(netns=self.ns(side), flags=0)
+        sock = mptcp_pm(self.ns(side))
         try:
             out = []
             for msg in sock.endpoint("show"):
@@ -428,14 +443,14 @@ class Topology:
         """Unplug the path: both ends of its client↔router link go down (the
         client's routes through it disappear, like a radio losing its link)."""
         i = self.addresses[name].index
-        with NetNS(self.client_ns, flags=0) as cli, NetNS(self.router_ns, flags=0) as rtr:
+        with rtnl(self.client_ns) as cli, rtnl(self.router_ns) as rtr:
             cli.link("set", index=cli.link_lookup(ifname=f"eth{i}")[0], state="down")
             rtr.link("set", index=rtr.link_lookup(ifname=f"cli{i}")[0], state="down")
         self.down.add(name)
 
     def path_up(self, name: str) -> None:
         i = self.addresses[name].index
-        with NetNS(self.client_ns, flags=0) as cli, NetNS(self.router_ns, flags=0) as rtr:
+        with rtnl(self.client_ns) as cli, rtnl(self.router_ns) as rtr:
             rtr.link("set", index=rtr.link_lookup(ifname=f"cli{i}")[0], state="up")
             cli.link("set", index=cli.link_lookup(ifname=f"eth{i}")[0], state="up")
             self._add_client_routes(cli, name)  # the kernel dropped them on link down
@@ -444,13 +459,13 @@ class Topology:
     def set_path(self, name: str, path: PathSpec) -> None:
         """Change rate/delay/jitter/loss/queue of a path in place."""
         self.paths[name] = path
-        with NetNS(self.router_ns, flags=0) as rtr:
+        with rtnl(self.router_ns) as rtr:
             self._shape(rtr, name)
 
     def qdisc_stats(self) -> dict[str, dict[str, dict]]:
         """Per path, per direction: packets, bytes, drops, overlimits, backlog."""
         out: dict[str, dict[str, dict]] = {}
-        with NetNS(self.router_ns, flags=0) as rtr:
+        with rtnl(self.router_ns) as rtr:
             names = {}
             for name in self.order:
                 i = self.addresses[name].index

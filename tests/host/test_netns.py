@@ -1,8 +1,13 @@
 """bpfkit.netns on the host kernel (root): a sysctl written in a namespace is that
 namespace's alone, the calling thread comes back, errors cross the helper thread,
-and names that are not `ip netns` names (or a planted symlink) are refused."""
+a namespace it creates is one `ip netns` sees and enters (and gone after remove), a
+socket it opens lives in that namespace, and names that are not `ip netns` names
+(or a planted symlink) are refused."""
 
+import errno
 import os
+import socket
+import subprocess
 import threading
 
 import pytest
@@ -59,6 +64,36 @@ def test_call_in_runs_elsewhere_and_raises_here(namespace):
     netns.sysctl_write(namespace, {"net.ipv4.no_such_key": "1"}, ignore_missing=True)  # skipped, no error
     with pytest.raises(BpfkitError, match="no sysctl"):
         netns.sysctl_write(namespace, {"net.ipv4.no_such_key": "1"})
+
+
+def test_created_namespace_is_iproute2s_and_removed_with_nothing_left():
+    name = f"bpfkit-test-created-{os.getpid()}"
+    home = own_netns_inode()
+    netns.create(name)
+    try:
+        assert own_netns_inode() == home  # the helper thread moved, not us
+        inode = os.stat(netns.path(name)).st_ino
+        assert inode != home
+        # iproute2 lists it and its processes run in it (a fresh namespace: only lo, down)
+        assert name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        seen = subprocess.run(["ip", "netns", "exec", name, "readlink", "/proc/self/ns/net"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert seen == f"net:[{inode}]"
+        links = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        assert links.count("\n") == 1 and "lo:" in links
+        with pytest.raises(UsageError, match="exists already"):
+            netns.create(name)
+        # a socket opened there is that namespace's: its lo is down, so 127.0.0.1 is unreachable
+        # (here it would be refused)
+        with netns.socket_in(name, socket.AF_INET, socket.SOCK_STREAM) as sock:
+            with pytest.raises(OSError) as exc:
+                sock.connect(("127.0.0.1", 9))
+            assert exc.value.errno == errno.ENETUNREACH
+    finally:
+        netns.remove(name)
+    assert name not in netns.names() and not (netns.NETNS_DIR / name).exists()
+    with pytest.raises(FileNotFoundError):
+        netns.remove(name)
 
 
 def test_a_missing_namespace_is_one_clear_error():

@@ -5,7 +5,8 @@ MPTCP sockets). The runner starts one per side inside the lab namespaces:
     python -m bpfkit.lab.traffic client --job JSON --address A --port P --result FILE
 
 The job is the traffic (`TrafficModel.to_dict()`) and the run's parameters
-(runner.traffic_job). The server prints `ready` when listening, the client
+(runner.traffic_job). The server prints `ready` when listening, the client (with
+--wait-for-go, started at the same time) connects when it reads `go`, then prints
 `connected <monotonic ns>` once the connection is up (the runner times its
 events from that). Each side writes a JSON result and exits 0 only if
 everything it checked was right.
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="server address (client only)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--result", required=True, help="where to write the JSON result")
+    parser.add_argument("--wait-for-go", action="store_true",
+                        help="client: read a line `go` on stdin before connecting (the runner starts both sides "
+                             "at once, so their Python start-ups overlap, and says go once the server listens)")
     args = parser.parse_args(argv)
 
     side = side_from_job(args.role, json.loads(args.job))
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "server":
             serve(side, args.port)
         else:
+            if args.wait_for_go and sys.stdin.readline().strip() != "go":
+                raise TrafficFailure("the runner did not say go (the server did not start)")
             connect(side, args.address, args.port)
         side.result["ok"] = True
     except (TrafficFailure, OSError, ValueError) as exc:
