@@ -1,5 +1,7 @@
 """Parsing and reporting of upstream's MPTCP selftest runs (bpfkit vm selftests)."""
 
+import os
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -65,9 +67,32 @@ def test_unknown_script_is_a_usage_error():
         selftests.resolve_scripts(["nope"], ["diag.sh"])
 
 
-def test_ip_wrapper_passes_arguments_quoted(tmp_path):
-    text = selftests.IP_WRAPPER.format(real_ip="/usr/sbin/ip")
-    assert '"/usr/sbin/ip" "$@"' in text and 'netns exec "$3"' in text
+def test_ip_wrapper_passes_calls_through_and_selects_the_scheduler_in_each_added_netns(tmp_path):
+    # a stand-in for iproute2's ip: logs each argv (one arg per line, calls split by "--"), and
+    # fails `netns exec bad ...` (the sysctl of a scheduler that cannot be selected)
+    calls = tmp_path / "calls"
+    fake_ip = tmp_path / "real-ip"
+    fake_ip.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" -- >> {calls}\n'
+                       '[ "$1 $2 $3" = "netns exec bad" ] && exit 2\nexit 0\n')
+    fake_ip.chmod(0o755)
+    wrapper = selftests.IP_WRAPPER.format(real_ip=fake_ip)
+    (tmp_path / "ip").write_text(wrapper)
+    (tmp_path / "ip").chmod(0o755)
+    netns_log = tmp_path / "netns.log"
+    env = dict(os.environ, BPFKIT_SELFTEST_SCHEDULER="minrtt", BPFKIT_SELFTEST_NETNS_LOG=str(netns_log))
+
+    def ip(*argv):
+        calls.write_text("")
+        code = subprocess.run([str(tmp_path / "ip"), *argv], env=env).returncode
+        return code, [c.strip("\n").split("\n") for c in calls.read_text().split("--\n") if c]
+
+    assert ip("link", "show", "a b; true") == (0, [["link", "show", "a b; true"]])
+    assert not netns_log.exists()
+    assert ip("netns", "add", "ns1") == (0, [["netns", "add", "ns1"],
+                                              ["netns", "exec", "ns1", "sysctl", "-qw", "net.mptcp.scheduler=minrtt"]])
+    assert netns_log.read_text() == "ns1\n"
+    code, seen = ip("netns", "add", "bad")
+    assert code == 1 and seen[-1] == ["netns", "del", "bad"] and netns_log.read_text() == "ns1\n"
 
 
 def test_known_failures_are_reported_not_counted(tmp_path):
