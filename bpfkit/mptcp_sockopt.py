@@ -18,7 +18,6 @@ kernels with longer or shorter structs still decode (missing fields read as None
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as _errno
 import ipaddress
 import os
@@ -56,7 +55,9 @@ SUBFLOW_ADDRS_SIZE = 256  # struct mptcp_subflow_addrs: two sockaddr_storage
 SUBFLOW_INFO_SIZE = 264  # struct mptcp_subflow_info: u32 id, pad, addrs @8
 FULL_INFO_HEADER_SIZE = 40  # struct mptcp_full_info before its mptcp_info
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The process's own symbols (libc is linked into every Python): ctypes.util.find_library("c")
+# runs `ldconfig -p` in a subprocess, ~0.4 s of each traffic process's start under TCG.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.getsockopt.argtypes = [
     ctypes.c_int,
     ctypes.c_int,
