@@ -30,7 +30,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -326,8 +325,6 @@ def install(tree: Path, build_dir: Path, log=None) -> Path:
 
 # ---------------------------------------------------------------- guest: run them
 
-GUEST_TMPFS = "/run"  # memory in the guest (its root is the host's, read-only)
-
 IP_WRAPPER = """#!/bin/sh
 # bpfkit vm selftests: select the scheduler under test in every netns a script adds.
 if [ "$1" != netns ] || [ "$2" != add ] || [ $# -ne 3 ]; then
@@ -358,20 +355,13 @@ def _write_wrapper(directory: Path) -> Path:
 
 def run_plan(plan: dict) -> list[ScriptRun]:
     """In the guest: for each scheduler, load it (not `default`), run each script, unload."""
-    out_dir = Path(plan["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # The scripts exec their helpers (pm_nl_ctl, mptcp_connect...) and our `ip` wrapper hundreds
-    # of times; from the cache's share each exec goes through uncached 9p. A copy in the guest's
-    # memory (the installed tree is ~0.6 MB) is read from its page cache instead.
-    with tempfile.TemporaryDirectory(prefix="bpfkit-selftests-", dir=GUEST_TMPFS) as local:
-        install_dir = Path(local) / "installed"
-        shutil.copytree(plan["install_dir"], install_dir, symlinks=True)
-        return _run_schedulers(plan, install_dir / MPTCP_SUBDIR, out_dir, _write_wrapper(Path(local) / "bin"))
-
-
-def _run_schedulers(plan: dict, script_dir: Path, out_dir: Path, wrapper_dir: Path) -> list[ScriptRun]:
     from bpfkit.sched import lifecycle
 
+    install_dir = Path(plan["install_dir"])
+    out_dir = Path(plan["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapper_dir = _write_wrapper(out_dir / "bin")
+    script_dir = install_dir / MPTCP_SUBDIR
     runs: list[ScriptRun] = []
     for spec in plan["schedulers"]:
         loaded = None
