@@ -27,10 +27,10 @@ namespaces of runs whose process is gone (e.g. after SIGKILL).
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import re
-import functools
 import signal
 import socket
 import subprocess
