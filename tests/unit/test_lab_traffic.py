@@ -243,3 +243,31 @@ def test_a_warm_up_that_saw_the_join_missing_fails_the_run():
     assert not missing.ok and missing.failures == ["client: warm-up: 1 of 2 subflows usable after 10 s"]
     complete = run_with({"subflows_up": 2, "subflows_expected": 2, "complete": True, "seconds": 0.1})
     assert complete.ok, complete.failures
+
+
+def test_a_client_told_to_wait_for_go_connects_only_on_go(tmp_path):
+    # The runner starts the client beside the server and writes `go` once the server listens;
+    # a runner that gives up (EOF instead) must not leave the client connecting on its own.
+    import json
+    import subprocess
+    import sys
+
+    from bpfkit.lab.runner import traffic_job
+    from bpfkit.lab.scenario import parse_scenario
+
+    scenario = parse_scenario({"name": "x", "duration": "1s", "paths": {"a": {"rate": "1mbit"}},
+                               "traffic": {"kind": "bulk", "bytes": "1KiB"}})
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(0.5)
+        result = tmp_path / "client.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "bpfkit.lab.traffic", "client", "--job", json.dumps(traffic_job(scenario, 1)),
+             "--address", "127.0.0.1", "--port", str(listener.getsockname()[1]), "--result", str(result),
+             "--wait-for-go"],
+            input="", capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1
+        assert "did not say go" in json.loads(result.read_text())["error"]
+        with pytest.raises(TimeoutError):
+            listener.accept()
