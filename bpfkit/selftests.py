@@ -394,7 +394,7 @@ def _run_with_retries(name: str, script: str, script_dir: Path, out_dir: Path, w
     that much."""
     known = plan.get("known", {}).get(f"{name}/{script}", [])
     script_args = plan.get("script_args", {}).get(script, [])
-    run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], script_args, attempt=1)
+    run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], script_args, known, attempt=1)
     earlier_failures: set[int] = set()
     total = run.seconds
     for attempt in range(2, plan.get("retries", 0) + 2):
@@ -404,7 +404,7 @@ def _run_with_retries(name: str, script: str, script_dir: Path, out_dir: Path, w
         earlier_failures |= set(failures)
         print(f"bpfkit: {name}: {script}: failed {', '.join(f'#{n}' for n in failures)}; attempt {attempt}",
               file=sys.stderr, flush=True)
-        run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], script_args,
+        run = _run_script(name, script, script_dir, out_dir, wrapper_dir, plan["timeout"], script_args, known,
                           attempt=attempt)
         total += run.seconds
         run.attempts = attempt
@@ -414,7 +414,7 @@ def _run_with_retries(name: str, script: str, script_dir: Path, out_dir: Path, w
 
 
 def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper_dir: Path,
-                timeout: float, script_args: list[str], attempt: int = 1) -> ScriptRun:
+                timeout: float, script_args: list[str], known: list[int], attempt: int = 1) -> ScriptRun:
     suffix = "" if attempt == 1 else f".attempt{attempt}"
     log = out_dir / f"{name}.{script}{suffix}.log"
     netns_log = out_dir / f"{name}.{script}.netns"
@@ -441,7 +441,9 @@ def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper
         error = f"killed after {timeout:.0f}s"
     elif netns == 0 and name != "default" and code != KSFT_SKIP:
         error = "the script created no netns through `ip netns add`: the scheduler was never selected"
-    run = ScriptRun(name, script, code, seconds, parse_tap(text), str(log), netns, error, args=list(script_args))
+    # known given here too, so the progress line says "known", not "fail", as the table will
+    run = ScriptRun(name, script, code, seconds, parse_tap(text), str(log), netns, error, known=list(known),
+                    args=list(script_args))
     print(f"bpfkit: {name}: {script}: {run.status} ({run.count('pass')} ok, {run.count('fail')} failed, "
           f"{run.count('skip')} skipped) in {seconds:.0f}s", file=sys.stderr, flush=True)
     return run

@@ -149,7 +149,8 @@ exit 1
     (3, [], 4, [2], [3]),     # retries while an unknown failure remains
     (1, [2, 3], 1, [], [2, 3]),  # only known failures: no retry
 ])
-def test_retries_rerun_unexplained_failures_and_report_flaky(tmp_path, retries, known, attempts, flaky, failed):
+def test_retries_rerun_unexplained_failures_and_report_flaky(tmp_path, capsys, retries, known, attempts, flaky,
+                                                             failed):
     script_dir = tmp_path / "scripts"
     script_dir.mkdir()
     script = script_dir / "t.sh"
@@ -163,6 +164,8 @@ def test_retries_rerun_unexplained_failures_and_report_flaky(tmp_path, retries, 
     assert int((script_dir / "count").read_text()) == attempts
     if flaky:
         assert "flaky: #2 failed, then passed" in selftests.format_table([r])
+    progress = capsys.readouterr().err.splitlines()[-1]
+    assert progress.startswith(f"bpfkit: default: t.sh: {'known' if known else 'fail'} (")
 
 
 def test_script_args_are_split_validated_and_reach_the_script(tmp_path):
