@@ -103,10 +103,6 @@ def _rate_bytes(bps: float) -> int:
     return max(1, int(bps / 8))
 
 
-def netns_exists(name: str) -> bool:
-    return name in namespaces.names()
-
-
 def run_in_netns(ns: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
     """Run a command inside a namespace (argument list, never a shell)."""
     kwargs.setdefault("capture_output", True)
