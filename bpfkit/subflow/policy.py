@@ -386,16 +386,18 @@ def _pacing_rate(where: _Where, raw) -> int:
 def interface_addresses(netns: str | None = None) -> dict[str, list[Network]]:
     """Interface name → its addresses (as /32 or /128 networks), in a network
     namespace by name (/run/netns/NAME) or the current one."""
-    from bpfkit import pyroute2_lean
+    import socket
+
+    from bpfkit import netns as namespaces, pyroute2_lean
 
     pyroute2_lean.use()
-    from pyroute2.iproute import IPRoute, NetNS
+    from pyroute2.iproute import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    if netns is not None and not Path("/run/netns", netns).exists():
-        raise UsageError(f"network namespace {netns!r} does not exist (no /run/netns/{netns})")
     try:
-        ipr = NetNS(netns, flags=0) if netns else IPRoute()
+        # bpfkit.netns refuses a missing name or a symlink in /run/netns (pyroute2's netns= follows it)
+        sock = namespaces.socket_in(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)  # NETLINK_ROUTE
+        ipr = IPRoute(fileno=sock.detach())
     except (OSError, NetlinkError) as exc:
         raise UsageError(f"cannot read interfaces{f' in netns {netns}' if netns else ''}: {exc}") from None
     try:
