@@ -55,11 +55,14 @@ def test_vm_kernel_returns_the_cached_build_at_once(kernel):
 
 def test_status_output_and_shared_dir_come_back(kernel, tmp_path):
     result = vm.run(
-        ["sh", "-c", f'uname -r; echo "$BPFKIT_GUEST:$HELLO" > {tmp_path}/from-guest; echo oops >&2; exit 7'],
+        ["sh", "-c", f'uname -r; ls /usr/lib/udev/rules.d; echo "$BPFKIT_GUEST:$HELLO" > {tmp_path}/from-guest;'
+                     ' echo oops >&2; exit 7'],
         kernel=kernel.bzimage, env={"HELLO": "world"}, rwdirs=[tmp_path], capture=True, timeout=300,
     )
     assert result.exit_code == 7
-    assert result.output.strip() == kernel.release
+    # the guest's udev reads bpfkit's short rule set, not the host's (boot time), and still made
+    # the virtio port links the command's output came back through
+    assert result.output.split() == [kernel.release, "50-bpfkit-guest.rules"]
     assert "oops" in result.stderr
     assert (tmp_path / "from-guest").read_text().strip() == "1:world"
     assert result.accel in ("kvm", "tcg") and result.boot_seconds is not None
@@ -87,6 +90,23 @@ def test_cli_streams_output_and_returns_the_exit_code(kernel):
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.strip() == "to-stdout"
     assert "to-stderr" in proc.stderr
+
+
+def test_more_shares_than_the_guest_can_mount_is_one_clear_error_before_any_boot(kernel, tmp_path):
+    """Six 9p shares overflow the kernel's 32 init environment entries: start_kernel panicked before
+    any console and vng exited 255 with nothing said."""
+    extra = [tmp_path / name for name in ("a", "b", "c")]  # + project, cache, the run's dir = 6
+    for path in extra:
+        path.mkdir()
+    before = _our_qemus()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bpfkit", "vm", "run", "--timeout", "300",
+         *[arg for path in extra for arg in ("--rwdir", str(path))], "--", "true"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "at most 5 host directories" in proc.stderr and "Traceback" not in proc.stderr
+    assert _our_qemus() <= before
 
 
 def test_hang_past_timeout_exits_124_and_leaves_no_qemu(kernel):

@@ -133,6 +133,13 @@ def test_vng_command_line(tmp_path):
     assert "console=hvc0" in cmd[cmd.index("--append") + 1]
     assert f"rootflags={vm.ROOT_FLAGS}" in cmd[cmd.index("--append") + 1] and "cache=loose" in vm.ROOT_FLAGS
     assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--rwdir"] == ["/work/main", str(tmp_path)]
+    assert "--rodir" not in cmd
+    rules = vm.write_guest_udev_rules(tmp_path)
+    with_rules = vm.vng_command(Path("vng"), kernel=Path("/k/bzImage"), accel="tcg", mem="1G", cpus=1,
+                                shared=[], workdir=tmp_path, udev_rules=rules)
+    mounts = [with_rules[i + 1] for i, a in enumerate(with_rules) if a == "--rodir"]
+    assert mounts == [f"/usr/lib/udev/rules.d={rules}"]
+    assert 'SYMLINK+="virtio-ports/$attr{name}"' in (rules / "50-bpfkit-guest.rules").read_text()
     kvm_cmd = vm.vng_command(Path("vng"), kernel=Path("/k/bzImage"), accel="kvm", mem="1G", cpus=1,
                              shared=[], workdir=tmp_path)
     assert "--disable-kvm" not in kvm_cmd
