@@ -219,3 +219,18 @@ def test_machine_lock_is_released_when_the_holder_is_killed(tmp_path, monkeypatc
     holder.wait()
     with vm.machine_lock(["y"]):  # would block for a minute if the lock outlived its holder
         pass
+
+
+def test_package_bytecode_is_written_on_the_host_and_symlinked_dirs_are_not_entered(tmp_path):
+    import importlib.util
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "sub" / "mod.py").write_text("X = 1\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "other.py").write_text("Y = 2\n")
+    (package / "link").symlink_to(elsewhere)
+    vm.compile_package_bytecode(package)
+    assert Path(importlib.util.cache_from_source(str(package / "sub" / "mod.py"))).is_file()
+    assert not (elsewhere / "__pycache__").exists()
