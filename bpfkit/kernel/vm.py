@@ -456,10 +456,10 @@ def _boot(command: list[str], *, kernel: Path, accel: str, timeout: float, mem: 
 # virtme-ng-init starts udevd, triggers a coldplug of every device and waits for udev to settle
 # before it starts the command: it needs udev's /dev/virtio-ports/virtme.* links to connect the
 # command's stdio. With the host's rules (Debian 12: 41 files) that wait took 1.5-2.0 s of a
-# 6.2-s boot under TCG; with just the rules below, 0.35 s (2026-12-04). The guest sees these in
-# place of the host's rule directories; the second rule keeps loading drivers' modules for the
-# devices found, as the host's 80-drivers.rules does (a distribution kernel's virtio devices).
-# Only the packaged rules are replaced: an administrator's own in /etc/udev/rules.d still apply.
+# 6.2-s boot under TCG; with just the rules below, 0.35 s (2026-12-04). The guest sees them in
+# place of the host's packaged rules (HOST_UDEV_RULES_DIR); an administrator's own in
+# /etc/udev/rules.d still apply. The second rule keeps loading drivers' modules for the devices
+# found, as the host's 80-drivers.rules does (a distribution kernel's virtio devices).
 GUEST_UDEV_RULES = """\
 # written by bpfkit for its VM guests: only what the guest's init needs from udev
 SUBSYSTEM=="virtio-ports", KERNEL=="vport*", ATTR{name}=="?*", SYMLINK+="virtio-ports/$attr{name}"
@@ -545,15 +545,15 @@ def _boot_in(workdir: Path, vng: Path, command: list[str], *, kernel: Path, acce
     cwd = os.getcwd()
     guest_env = guest_environment(env)
     shared = _shared_dirs(workdir, list(rwdirs))
-    read_mostly = read_mostly_dirs(shared)
-    if read_mostly:
-        compile_package_bytecode()
-    (workdir / "guest.sh").write_text(guest_script(command, cwd, guest_env, workdir, read_mostly))
     if len(shared) > MAX_SHARES:
         raise UsageError(f"the guest can share at most {MAX_SHARES} host directories (the kernel passes at most "
                          f"32 boot variables to init); this run needs {len(shared)}: "
                          + ", ".join(map(str, shared)),
                          hint="give fewer --rwdir, or one directory that holds them")
+    read_mostly = read_mostly_dirs(shared)
+    if read_mostly:
+        compile_package_bytecode()
+    (workdir / "guest.sh").write_text(guest_script(command, cwd, guest_env, workdir, read_mostly))
     # the short rule set takes a share of its own; without room for it the boot is 1.5-2 s slower
     udev_rules = write_guest_udev_rules(workdir) if len(shared) < MAX_SHARES else None
     cmd = vng_command(vng, kernel=kernel, accel=accel, mem=mem, cpus=cpus, shared=shared, workdir=workdir,
