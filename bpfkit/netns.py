@@ -31,6 +31,7 @@ SYSCTL_DIR = Path("/proc/sys")
 CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 0x100000
 MNT_DETACH = 2
+NETLINK_ROUTE = 0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -203,6 +204,23 @@ def socket_in(name: str | None, family: int, kind: int, proto: int = 0) -> socke
     """A socket of namespace `name` (None: the current one); e.g. a netlink socket
     to hand pyroute2 (`IPRoute(fileno=...)`) instead of its forked helper."""
     return call_in(name, lambda: socket.socket(family, kind | socket.SOCK_CLOEXEC, proto))
+
+
+def iproute_in(name: str | None):
+    """pyroute2's IPRoute on an rtnetlink socket of namespace `name` (None: the current one). Its
+    own netns= argument forks a helper process per socket (pyroute2 0.9) and, as root, follows a
+    symlink in /run/netns, which socket_in refuses."""
+    from bpfkit import pyroute2_lean
+
+    pyroute2_lean.use()
+    from pyroute2.iproute import IPRoute
+
+    fd = socket_in(name, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach()
+    try:
+        return IPRoute(fileno=fd)
+    except BaseException:
+        os.close(fd)  # IPRoute owns it only once constructed
+        raise
 
 
 def is_current(name: str) -> bool:

@@ -63,14 +63,14 @@ ENDPOINT_BACKUP = 0x04
 
 _ROUTE_TABLE_BASE = 100
 _counter = itertools.count()
-NETLINK_ROUTE, NETLINK_GENERIC = 0, 16
+NETLINK_GENERIC = 16
 
 
 # pyroute2 0.9 forks a helper process for each namespace it creates and each socket it opens
 # in one (its netns= argument); bpfkit.netns does both on a thread, and pyroute2 gets the socket.
 def rtnl(ns: str) -> IPRoute:
     """rtnetlink in namespace `ns`."""
-    return IPRoute(fileno=namespaces.socket_in(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach())
+    return namespaces.iproute_in(ns)
 
 
 def mptcp_pm(ns: str) -> MPTCP:

@@ -386,18 +386,13 @@ def _pacing_rate(where: _Where, raw) -> int:
 def interface_addresses(netns: str | None = None) -> dict[str, list[Network]]:
     """Interface name → its addresses (as /32 or /128 networks), in a network
     namespace by name (/run/netns/NAME) or the current one."""
-    import socket
-
     from bpfkit import netns as namespaces, pyroute2_lean
 
     pyroute2_lean.use()
-    from pyroute2.iproute import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     try:
-        # bpfkit.netns refuses a missing name or a symlink in /run/netns (pyroute2's netns= follows it)
-        sock = namespaces.socket_in(netns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)  # NETLINK_ROUTE
-        ipr = IPRoute(fileno=sock.detach())
+        ipr = namespaces.iproute_in(netns)  # refuses a missing name or a symlink in /run/netns
     except (OSError, NetlinkError) as exc:
         raise UsageError(f"cannot read interfaces{f' in netns {netns}' if netns else ''}: {exc}") from None
     try:

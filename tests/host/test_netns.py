@@ -89,6 +89,9 @@ def test_created_namespace_is_iproute2s_and_removed_with_nothing_left():
             with pytest.raises(OSError) as exc:
                 sock.connect(("127.0.0.1", 9))
             assert exc.value.errno == errno.ENETUNREACH
+        # pyroute2 on a socket of it sees that namespace's links: lo alone
+        with netns.iproute_in(name) as ipr:
+            assert [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()] == ["lo"]
     finally:
         netns.remove(name)
     assert name not in netns.names() and not (netns.NETNS_DIR / name).exists()
@@ -99,6 +102,8 @@ def test_created_namespace_is_iproute2s_and_removed_with_nothing_left():
 def test_a_missing_namespace_is_one_clear_error():
     with pytest.raises(UsageError, match="no network namespace 'bpfkit-no-such-netns'"):
         netns.sysctl_read("bpfkit-no-such-netns", "net.ipv4.ip_forward")
+    with pytest.raises(UsageError, match="no network namespace 'bpfkit-no-such-netns'"):
+        netns.iproute_in("bpfkit-no-such-netns")
 
 
 def test_a_symlink_in_the_netns_directory_is_not_entered(namespace):
