@@ -46,7 +46,9 @@ int BPF_PROG(minrtt_get_send, struct mptcp_sock *msk)
 	struct sf_view fastest, best;
 
 	/* MPTCP-level retransmit timeout from the subflows' RTOs, as the
-	 * in-kernel scheduler does (otherwise it stays at TCP_RTO_MIN) */
+	 * in-kernel scheduler does (bpfkit's kernel also does it before every
+	 * get_send, vm/patches 0008; export does not, and there without it the
+	 * timer fires every tick after an idle moment) */
 	mptcp_set_timeout((struct sock *)msk);
 	if (sched_candidates(msk, &fastest, &best))
 		return -1;

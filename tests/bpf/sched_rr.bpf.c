@@ -36,7 +36,8 @@ int BPF_PROG(rr_get_send, struct mptcp_sock *msk)
 	__u32 last = 0;
 
 	/* MPTCP-level RTO from the subflows' timers, as the default scheduler
-	 * does; without it the rtx timer stays at TCP_RTO_MIN */
+	 * does (bpfkit's kernel does it for every scheduler, vm/patches 0008;
+	 * on export, without it, the rtx timer fires every tick after idling) */
 	mptcp_set_timeout((struct sock *)msk);
 
 	st = bpf_sk_storage_get(&rr_state, msk, 0, 0);

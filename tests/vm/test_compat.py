@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from bpfkit import mptcp_sockopt, netns
 from bpfkit.sched import lifecycle
 from bpfkit.loader import build, libbpf
-from tests.vm.test_sched_kernel import sh
+from tests.vm.test_sched_kernel import SERVER, mptcp_counters, sh
 from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, pair, report, transfer  # noqa: F401 (pair: fixture)
 
 pytestmark = pytest.mark.vm
@@ -135,6 +139,89 @@ def test_sleepable_get_retrans_recovers_a_blackholed_path(pair):
     res.assert_intact()
     report("compat burst, path 2 blackholed", res)
     assert done, "path 2 was never blackholed"
+
+
+def exchange(pair, rounds: int, size: int, pause_s: float) -> int:
+    """`rounds` requests of `size` bytes, each answered with as many, with an idle
+    pause after each answer (everything acked: the MPTCP retransmit timer stops).
+    Returns the rounds completed."""
+    done = {"rounds": 0}
+    errors: list[BaseException] = []
+    listening = threading.Event()
+
+    def read_exact(sk, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sk.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError(f"peer closed after {len(data)} of {n} bytes")
+            data += chunk
+        return data
+
+    def server() -> None:
+        try:
+            netns.enter(pair.srv)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP) as lsk:
+                lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                lsk.bind(("0.0.0.0", 5301))
+                lsk.listen(1)
+                listening.set()
+                lsk.settimeout(60)
+                conn, _ = lsk.accept()
+                with conn:
+                    conn.settimeout(60)
+                    for _ in range(rounds):
+                        conn.sendall(read_exact(conn, size))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            listening.set()
+
+    def client() -> None:
+        try:
+            netns.enter(pair.cli)
+            listening.wait(30)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP) as sk:
+                sk.settimeout(60)
+                sk.connect((SERVER, 5301))
+                for i in range(rounds):
+                    sk.sendall(bytes([i % 256]) * size)
+                    assert read_exact(sk, size) == bytes([i % 256]) * size
+                    done["rounds"] += 1
+                    time.sleep(pause_s)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=server), threading.Thread(target=client)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "exchange hung"
+    if errors:
+        raise errors[0]
+    return done["rounds"]
+
+
+def test_scheduler_without_set_timeout_does_not_reinject_every_tick(pair):
+    """The compat schedulers never call the mptcp_set_timeout() kfunc (export's
+    selftest schedulers but burst do not either). Without vm/patches 0008 the MPTCP
+    retransmit timer of the first data after an idle moment was armed for 0 jiffies
+    and fired every tick until the data was acked, each time queueing another copy:
+    measured with `first` here, ~20 MPTCP retransmissions per 1-KiB request over a
+    20-ms path, and 850-930 per second (then an out-of-memory guest) over a lossy one.
+    With the core setting the interval (>= TCP_RTO_MIN, 200 ms) a loss-free exchange
+    retransmits nothing at the MPTCP level."""
+    for dev in ("c1", "c2"):
+        netem(pair, dev, "delay 20ms limit 1000")
+    before = {ns: mptcp_counters(ns).get("MPTCPRetrans", 0) for ns in (pair.cli, pair.srv)}
+    with loaded("first") as kernel_name:
+        pair.set_scheduler(kernel_name)
+        rounds = exchange(pair, rounds=20, size=1024, pause_s=0.05)
+    retrans = {ns: mptcp_counters(ns).get("MPTCPRetrans", 0) - before[ns] for ns in (pair.cli, pair.srv)}
+    print(f"\n[compat first, 20 x 1 KiB request/response, 20 ms] MPTCP retransmissions {retrans}")
+    assert rounds == 20
+    assert sum(retrans.values()) <= 2, f"MPTCP-level retransmissions on loss-free paths: {retrans}"
 
 
 def test_subflow_socket_to_memory_free_is_one_clear_error():
