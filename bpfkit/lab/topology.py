@@ -75,7 +75,12 @@ def rtnl(ns: str) -> IPRoute:
 
 def mptcp_pm(ns: str) -> MPTCP:
     """The MPTCP path manager's generic netlink family in namespace `ns`."""
-    return MPTCP(fileno=namespaces.socket_in(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_GENERIC).detach())
+    fd = namespaces.socket_in(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_GENERIC).detach()
+    try:
+        return MPTCP(fileno=fd)
+    except BaseException:
+        os.close(fd)  # MPTCP owns it only once constructed, as in netns.iproute_in
+        raise
 
 
 class TopologyError(BpfkitError):
