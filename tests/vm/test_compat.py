@@ -28,7 +28,7 @@ from bpfkit import mptcp_sockopt, netns
 from bpfkit.sched import lifecycle
 from bpfkit.loader import build, libbpf
 from tests.vm.test_sched_kernel import SERVER, mptcp_counters, sh
-from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, pair, report, transfer  # noqa: F401 (pair: fixture)
+from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, pair, report, run_threads, transfer  # noqa: F401 (pair: fixture)
 
 pytestmark = pytest.mark.vm
 
@@ -193,14 +193,7 @@ def exchange(pair, rounds: int, size: int, pause_s: float) -> int:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=server), threading.Thread(target=client)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "exchange hung"
-    if errors:
-        raise errors[0]
+    run_threads([server, client], errors, timeout=120, what="exchange")
     return done["rounds"]
 
 

@@ -84,6 +84,19 @@ def transfer(pair: Pair, size: int, *, subflows: int = 2, on_progress=None, atte
                          f"server {mptcp_counters(pair.srv)}")
 
 
+def run_threads(targets, errors: list[BaseException], *, timeout: float, what: str) -> None:
+    """Run each target in a thread and wait for all; fail if one is still running after `timeout`
+    or one recorded an exception in `errors` (the first is raised)."""
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"{what} hung"
+    if errors:
+        raise errors[0]
+
+
 def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int, settle_timeout: float) -> Result:
     state: dict = {"received": 0, "sha": None, "by_id": {}, "rtt": {}, "seen": 0}
     errors: list[BaseException] = []
@@ -155,14 +168,7 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
             errors.append(exc)
 
     start = time.monotonic()
-    threads = [threading.Thread(target=server), threading.Thread(target=client)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(400)
-    assert not any(t.is_alive() for t in threads), "transfer hung"
-    if errors:
-        raise errors[0]
+    run_threads([server, client], errors, timeout=400, what="transfer")
     return Result(size, state["received"], state["sha"], state["seen"], state["by_id"], state["rtt"],
                   time.monotonic() - start)
 
