@@ -24,11 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from bpfkit import mptcp_sockopt, netns
+from bpfkit import netns
+from bpfkit.lab.traffic import wire
 from bpfkit.sched import lifecycle
 from bpfkit.loader import build, libbpf
 from tests.vm.test_sched_kernel import SERVER, mptcp_counters, sh
-from tests.vm.test_schedulers import MiB, bpfkit_cli, netem, pair, report, run_threads, transfer  # noqa: F401 (pair: fixture)
+from tests.vm.test_schedulers import (MiB, _ports, bpfkit_cli, netem, pair, report, run_threads,  # noqa: F401 (pair: fixture)
+                                      transfer)
 
 pytestmark = pytest.mark.vm
 
@@ -149,22 +151,15 @@ def exchange(pair, rounds: int, size: int, pause_s: float) -> int:
     done = {"rounds": 0}
     errors: list[BaseException] = []
     listening = threading.Event()
-
-    def read_exact(sk, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sk.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError(f"peer closed after {len(data)} of {n} bytes")
-            data += chunk
-        return data
+    port = next(_ports)
+    deadline = time.monotonic() + 120
 
     def server() -> None:
         try:
             netns.enter(pair.srv)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP) as lsk:
+            with wire.mptcp_socket() as lsk:
                 lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                lsk.bind(("0.0.0.0", 5301))
+                lsk.bind(("0.0.0.0", port))
                 lsk.listen(1)
                 listening.set()
                 lsk.settimeout(60)
@@ -172,7 +167,7 @@ def exchange(pair, rounds: int, size: int, pause_s: float) -> int:
                 with conn:
                     conn.settimeout(60)
                     for _ in range(rounds):
-                        conn.sendall(read_exact(conn, size))
+                        conn.sendall(wire.recv_exact(conn, size, deadline))
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -182,12 +177,12 @@ def exchange(pair, rounds: int, size: int, pause_s: float) -> int:
         try:
             netns.enter(pair.cli)
             listening.wait(30)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP) as sk:
+            with wire.mptcp_socket() as sk:
                 sk.settimeout(60)
-                sk.connect((SERVER, 5301))
+                sk.connect((SERVER, port))
                 for i in range(rounds):
                     sk.sendall(bytes([i % 256]) * size)
-                    assert read_exact(sk, size) == bytes([i % 256]) * size
+                    assert wire.recv_exact(sk, size, deadline) == bytes([i % 256]) * size
                     done["rounds"] += 1
                     time.sleep(pause_s)
         except BaseException as exc:
