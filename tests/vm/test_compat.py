@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import threading
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ from bpfkit.lab.traffic import wire
 from bpfkit.sched import lifecycle
 from bpfkit.loader import build, libbpf
 from tests.vm.test_sched_kernel import SERVER, mptcp_counters, sh
-from tests.vm.test_schedulers import (MiB, _ports, bpfkit_cli, netem, pair, report, run_threads,  # noqa: F401 (pair: fixture)
-                                      transfer)
+from tests.vm.test_schedulers import (MiB, _ports, bpfkit_cli, mptcp_listener, netem, pair, report,  # noqa: F401
+                                      run_threads, transfer)
 
 pytestmark = pytest.mark.vm
 
@@ -157,12 +156,8 @@ def exchange(pair, rounds: int, size: int, pause_s: float) -> int:
     def server() -> None:
         try:
             netns.enter(pair.srv)
-            with wire.mptcp_socket() as lsk:
-                lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                lsk.bind(("0.0.0.0", port))
-                lsk.listen(1)
+            with mptcp_listener(port) as lsk:
                 listening.set()
-                lsk.settimeout(60)
                 conn, _ = lsk.accept()
                 with conn:
                     conn.settimeout(60)

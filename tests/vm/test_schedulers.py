@@ -84,6 +84,16 @@ def transfer(pair: Pair, size: int, *, subflows: int = 2, on_progress=None, atte
                          f"server {mptcp_counters(pair.srv)}")
 
 
+def mptcp_listener(port: int) -> socket.socket:
+    """An MPTCP socket listening on `port` in the calling thread's namespace (accept times out after 60 s)."""
+    lsk = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP)
+    lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsk.bind(("0.0.0.0", port))
+    lsk.listen(1)
+    lsk.settimeout(60)
+    return lsk
+
+
 def run_threads(targets, errors: list[BaseException], *, timeout: float, what: str) -> None:
     """Run each target in a thread and wait for all; fail if one is still running after `timeout`
     or one recorded an exception in `errors` (the first is raised)."""
@@ -105,12 +115,8 @@ def _transfer_once(pair: Pair, size: int, subflows: int, on_progress, port: int,
     def server() -> None:
         try:
             netns.enter(pair.srv)
-            lsk = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcp_sockopt.IPPROTO_MPTCP)
-            lsk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsk.bind(("0.0.0.0", port))
-            lsk.listen(1)
+            lsk = mptcp_listener(port)
             listening.set()
-            lsk.settimeout(60)
             conn, _ = lsk.accept()
             # Keep listening until the transfer is over: MP_JOIN SYNs and the joins'
             # third ACKs are handled through this listener; closing it right after
