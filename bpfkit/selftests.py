@@ -121,6 +121,7 @@ class ScriptRun:
     attempts: int = 1
     flaky: list[int] = dataclasses.field(default_factory=list)  # failed in an earlier attempt, passed in the last
     args: list[str] = dataclasses.field(default_factory=list)  # given to the script (--args)
+    guest_died: str = ""  # the kernel's first panic line, when the guest died in an earlier attempt
 
     def unexplained_failures(self, known: list[int]) -> list[int]:
         return sorted(s.number for s in self.subtests if s.status == "fail" and s.number not in known)
@@ -190,7 +191,9 @@ def format_table(runs: list[ScriptRun]) -> str:
         if r.flaky:
             note += (f"{'; ' if note else ''}flaky: {', '.join(f'#{n}' for n in r.flaky)} failed, then passed "
                      f"(attempt {r.attempts})")
-        passing_known = [n for n in r.known if n not in failed]
+        if r.guest_died:
+            note += f"{'; ' if note else ''}the guest kernel died in an earlier boot ({r.guest_died}); run again"
+        passing_known = [n for n in r.known if n not in failed] if r.subtests else []
         if passing_known:
             note += f"{'; ' if note else ''}known failure(s) {', '.join(f'#{n}' for n in passing_known)} passed"
         lines.append(f"{r.scheduler:<12} {r.script:<22} {r.status:<7} {r.count('pass'):>4} {r.count('fail'):>4} "
@@ -215,6 +218,8 @@ def write_junit(runs: list[ScriptRun], path: Path) -> None:
                 ET.SubElement(case, "skipped", message=s.reason or s.status)
         if r.status == "error":
             ET.SubElement(suite, "error", message=r.error or "killed at the timeout")
+        if r.guest_died:
+            ET.SubElement(suite, "system-err").text = f"the guest kernel died in an earlier boot: {r.guest_died}"
     fs.atomic_write(path, ET.tostring(suites, encoding="unicode", xml_declaration=True))
 
 
@@ -353,8 +358,31 @@ def _write_wrapper(directory: Path) -> Path:
     return directory
 
 
+def plan_runs(schedulers: list[str], scripts: list[str]) -> list[list[str]]:
+    """The (scheduler, script) runs of a plan, in the order the guest reports them: every script
+    of one scheduler (loaded once) before the next scheduler."""
+    return [[spec, script] for spec in schedulers for script in scripts]
+
+
+def next_run_after_guest_death(runs: list[list[str]], reported: int, died_in: dict[tuple[str, str], str],
+                               max_reboots: int) -> tuple[str, str] | None:
+    """After the guest kernel died with `reported` of `runs` reported: the run it died in, if the
+    plan should boot again for it and the rest, else None. Every run is interrupted at most once
+    (a kernel that dies twice in the same script is that script's bug), and at most `max_reboots`
+    boots are added to a plan."""
+    if reported >= len(runs) or len(died_in) >= max_reboots:
+        return None
+    run = (runs[reported][0], runs[reported][1])
+    return None if run in died_in else run
+
+
 def run_plan(plan: dict) -> list[ScriptRun]:
-    """In the guest: for each scheduler, load it (not `default`), run each script, unload."""
+    """In the guest: for each scheduler, load it (not `default`), run its scripts, unload.
+    plan["runs"] are the runs still to do; what an earlier boot of the same plan reported stays in
+    results.json and the new results are appended to it (after a guest kernel death, the host boots
+    again for the runs that did not report)."""
+    import itertools
+
     from bpfkit.sched import lifecycle
 
     install_dir = Path(plan["install_dir"])
@@ -362,25 +390,27 @@ def run_plan(plan: dict) -> list[ScriptRun]:
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapper_dir = _write_wrapper(out_dir / "bin")
     script_dir = install_dir / MPTCP_SUBDIR
-    runs: list[ScriptRun] = []
-    for spec in plan["schedulers"]:
+    runs = load_results(out_dir)
+    for spec, group in itertools.groupby(plan["runs"], key=lambda run: run[0]):
+        scripts = [script for _, script in group]
         loaded = None
         try:
             if spec != lifecycle.DEFAULT:
                 loaded = lifecycle.load(spec).record.name
             name = loaded or lifecycle.DEFAULT
         except BpfkitError as exc:
-            for script in plan["scripts"]:
+            for script in scripts:
                 runs.append(ScriptRun(spec, script, None, 0.0, [], "", error=f"load failed: {exc.message}"))
+            save_results(runs, out_dir)
             continue
         try:
-            for script in plan["scripts"]:
+            for script in scripts:
                 runs.append(_run_with_retries(name, script, script_dir, out_dir, wrapper_dir, plan))
-                _save(runs, out_dir)
+                save_results(runs, out_dir)
         finally:
             if loaded:
                 lifecycle.unload(loaded, force=True)
-    _save(runs, out_dir)
+    save_results(runs, out_dir)
     return runs
 
 
@@ -417,6 +447,8 @@ def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper
                 timeout: float, script_args: list[str], known: list[int], attempt: int = 1) -> ScriptRun:
     suffix = "" if attempt == 1 else f".attempt{attempt}"
     log = out_dir / f"{name}.{script}{suffix}.log"
+    if attempt == 1 and log.exists():  # the output of a boot whose kernel died during this script
+        log.rename(log.with_name(f"{name}.{script}.guest-died.log"))
     netns_log = out_dir / f"{name}.{script}.netns"
     netns_log.unlink(missing_ok=True)
     env = dict(os.environ, BPFKIT_SELFTEST_SCHEDULER=name, BPFKIT_SELFTEST_NETNS_LOG=str(netns_log))
@@ -449,7 +481,7 @@ def _run_script(name: str, script: str, script_dir: Path, out_dir: Path, wrapper
     return run
 
 
-def _save(runs: list[ScriptRun], out_dir: Path) -> None:
+def save_results(runs: list[ScriptRun], out_dir: Path) -> None:
     fs.atomic_write(out_dir / "results.json", json.dumps([r.to_dict() for r in runs], indent=2))
 
 

@@ -190,3 +190,50 @@ def test_script_args_are_split_validated_and_reach_the_script(tmp_path):
     r = selftests._run_with_retries("default", "t.sh", script_dir, tmp_path / "out", tmp_path / "bin", plan)
     assert [s.status for s in r.subtests] == ["pass"] and r.args == ["-r", "25% 50%"]
     assert "args: -r '25% 50%'" in selftests.format_table([r])
+
+
+def test_a_plan_booted_again_appends_to_what_the_earlier_boot_reported(tmp_path):
+    """After the guest kernel died in b.sh, the host boots again with the runs that did not report:
+    the guest keeps a.sh's result, runs b.sh and c.sh, and keeps the dead boot's b.sh output aside."""
+    script_dir = tmp_path / "install" / selftests.MPTCP_SUBDIR
+    script_dir.mkdir(parents=True)
+    for name in ("a.sh", "b.sh", "c.sh"):
+        (script_dir / name).write_text(f'#!/bin/sh\necho "TAP version 13"\necho "ok 1 - {name}"\n'
+                                       f'echo x >> "{tmp_path}/{name}.ran"\n')
+        (script_dir / name).chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = selftests.ScriptRun("default", "a.sh", 0, 1.0, [selftests.Subtest(1, "a.sh", "pass")], "a.log")
+    selftests.save_results([earlier], out)
+    (out / "default.b.sh.log").write_text("02 Validating network environment with pings")
+    runs = selftests.plan_runs(["default"], ["a.sh", "b.sh", "c.sh"])
+    plan = {"install_dir": str(tmp_path / "install"), "out_dir": str(out), "timeout": 30, "runs": runs[1:]}
+    assert selftests.main([_write_json(tmp_path / "plan.json", plan)]) == 0
+    reported = selftests.load_results(out)
+    assert [(r.script, r.status) for r in reported] == [("a.sh", "pass"), ("b.sh", "pass"), ("c.sh", "pass")]
+    assert not (tmp_path / "a.sh.ran").exists() and (tmp_path / "c.sh.ran").read_text() == "x\n"
+    assert (out / "default.b.sh.guest-died.log").read_text().startswith("02 Validating")
+    assert "ok 1 - b.sh" in (out / "default.b.sh.log").read_text()
+    reported[1].guest_died = "[  606.8] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+    assert "guest kernel died in an earlier boot ([  606.8] Oops: int3" in selftests.format_table(reported)
+
+
+def _write_json(path, data) -> str:
+    import json
+
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_the_run_a_guest_died_in_is_booted_again_once():
+    runs = selftests.plan_runs(["default", "minrtt"], ["a.sh", "b.sh"])
+    assert runs == [["default", "a.sh"], ["default", "b.sh"], ["minrtt", "a.sh"], ["minrtt", "b.sh"]]
+    died_in: dict = {}
+    assert selftests.next_run_after_guest_death(runs, 2, died_in, max_reboots=2) == ("minrtt", "a.sh")
+    died_in[("minrtt", "a.sh")] = "Oops"
+    assert selftests.next_run_after_guest_death(runs, 2, died_in, max_reboots=2) is None  # died there twice
+    assert selftests.next_run_after_guest_death(runs, 3, died_in, max_reboots=2) == ("minrtt", "b.sh")
+    died_in[("minrtt", "b.sh")] = "Oops"
+    assert selftests.next_run_after_guest_death(runs, 3, {("default", "a.sh"): "", ("default", "b.sh"): ""},
+                                                max_reboots=2) is None  # no boots left
+    assert selftests.next_run_after_guest_death(runs, 4, {}, max_reboots=2) is None  # everything reported
