@@ -216,6 +216,10 @@ def test_a_plan_booted_again_appends_to_what_the_earlier_boot_reported(tmp_path)
     assert "ok 1 - b.sh" in (out / "default.b.sh.log").read_text()
     reported[1].guest_died = "[  606.8] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
     assert "guest kernel died in an earlier boot ([  606.8] Oops: int3" in selftests.format_table(reported)
+    selftests.write_junit(reported, tmp_path / "junit.xml")
+    suites = ET.parse(tmp_path / "junit.xml").getroot()
+    assert [s.findtext("system-err") for s in suites] == [
+        None, "the guest kernel died in an earlier boot: [  606.8] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI", None]
 
 
 def _write_json(path, data) -> str:
