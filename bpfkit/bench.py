@@ -73,7 +73,7 @@ class BenchScenario:
 # The full bench: every scheduler on every scenario at the files' own length.
 FULL_PLAN = (
     # 3 repetitions: "≥ default" is judged on the paired interval of the ratio (one run cannot show
-    # it); 15 s each keeps `make demo` near 14 min under TCG (each run costs ~30 s of set-up).
+    # it); 15 s each: `make demo` took 10.6 min under TCG (2026-12-05; a run costs ~6 s beside its traffic).
     BenchScenario("wifi-lte", SCHEDULERS, 0.75, "bulk 15 s: is the sum of the paths used?", repetitions=3),
     BenchScenario("wifi-lte-256k", SCHEDULERS, 1.0, "256 KiB transfers: median completion time"),
     BenchScenario("lossy-path", SCHEDULERS, 1.0, "100 kB responses, 2 % loss on one path: tail completion"),
@@ -87,8 +87,8 @@ def quick_schedulers(scenario: str) -> tuple[str, ...]:
     return (DEFAULT, *(r.name for r in registry.references().values() if scenario in r.quick_bench))
 
 
-# --quick: what the targets need, at shorter lengths (each run costs ~30 s of
-# set-up in a TCG guest whatever its length, so fewer runs matter most). Who runs
+# --quick: what the targets need, at shorter lengths (each run costs ~6 s of
+# set-up in a TCG guest whatever its length, 2026-12-05: fewer runs matter most). Who runs
 # the first three comes from the schedulers' metadata (`quick_bench`).
 QUICK_PLAN = (
     BenchScenario("wifi-lte", quick_schedulers("wifi-lte"), 0.5, FULL_PLAN[0].purpose.replace("15 s", "10 s"),
