@@ -101,8 +101,8 @@ QUICK_PLAN = (
 
 # --plan regimes: the papers' regimes (scenarios/README.md), with the targets of issue 16:
 # BLEST >= 1.10 x minrtt goodput and <= 0.5 x its retransmissions in BLEST's regime, ECF
-# <= 0.85 x minrtt median completion in ECF's; and a third path. Not in `make demo` (about
-# 15 min more under TCG); 3 repetitions give the paired ratios an interval.
+# <= 0.85 x minrtt median completion in ECF's; and a third path. Not in `make demo` (9.9 min
+# more under TCG, 2026-12-04); 3 repetitions give the paired ratios an interval.
 REGIME_SCHEDULERS = (DEFAULT, "minrtt", "blest", "ecf")
 REGIMES_PLAN = (
     BenchScenario("blest-regime", REGIME_SCHEDULERS, 1.0, "BLEST's regime: constrained receive window, RTTs 20/160 ms",
