@@ -175,9 +175,11 @@ def _run_plan_in_vm(plan: dict, planned: list[list[str]], out_dir: Path, bzimage
             # passed in some twenty runs before). One death should not void the other scripts: the
             # runs that did not report run in a new boot, the one it died in included, reported
             # with the panic line. A second death in the same script fails it, as a kernel bug should.
+            print(f"bpfkit: the VM ended early: {exc.message}", file=sys.stderr)
+            if not exc.command_started:  # died while booting, twice (vm.run boots again once): no script's doing
+                break
             reported = len(selftests.load_results(out_dir))
             died = selftests.next_run_after_guest_death(planned, reported, died_in, MAX_SELFTEST_REBOOTS)
-            print(f"bpfkit: the VM ended early: {exc.message}", file=sys.stderr)
             if reported < len(planned):
                 spec, script = planned[reported]
                 with open(out_dir / "guest-died.console", "a") as console:
