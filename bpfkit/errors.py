@@ -71,6 +71,7 @@ class VmTimeout(VmError):
 class VmPanic(VmError):
     exit_code = 125
     command_started = True  # False: the guest died while booting, the command never ran
+    panic_line = ""  # the console's first panic/oops/BUG line
 
 
 def optional_import(name: str, purpose: str):

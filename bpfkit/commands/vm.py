@@ -9,7 +9,7 @@ from bpfkit import fs
 from bpfkit.kernel import kbuild, vm
 from bpfkit.errors import UsageError, VmError, VmPanic
 
-# Boots `vm selftests` adds to a plan after the guest kernel died in a script (see handle_selftests).
+# Boots `vm selftests` adds to a plan after the guest kernel died in a script (see _run_plan_in_vm).
 MAX_SELFTEST_REBOOTS = 2
 
 
@@ -188,13 +188,13 @@ def _run_plan_in_vm(plan: dict, planned: list[list[str]], out_dir: Path, bzimage
                 if reported < len(planned):  # the table shows the run it died in as an error
                     runs = selftests.load_results(out_dir)
                     runs.append(selftests.ScriptRun(spec, script, None, 0.0, [], "", error=(
-                        f"the guest kernel died during it: {_first_panic_line(exc.message)}")))
+                        f"the guest kernel died during it: {exc.panic_line}")))
                     selftests.save_results(runs, out_dir)
                     print(f"bpfkit: not booting again: the guest died in {spec}'s {script} "
                           f"{'again' if (spec, script) in died_in else 'after ' + str(len(died_in)) + ' new boots'}",
                           file=sys.stderr)
                 break
-            died_in[died] = _first_panic_line(exc.message)
+            died_in[died] = exc.panic_line
             print(f"bpfkit: the guest kernel died during {died[0]}'s {died[1]}; booting again for it and the "
                   f"{len(planned) - reported - 1} run(s) after it", file=sys.stderr)
             continue
@@ -202,13 +202,6 @@ def _run_plan_in_vm(plan: dict, planned: list[list[str]], out_dir: Path, bzimage
             print(f"bpfkit: the VM ended early: {exc.message}", file=sys.stderr)
         break
     return died_in
-
-
-def _first_panic_line(message: str) -> str:
-    for line in message.splitlines():
-        if vm.looks_like_panic([line]):
-            return line.strip(" |")
-    return "no panic line on the console"
 
 
 def handle_kernel(args) -> int:

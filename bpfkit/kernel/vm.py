@@ -130,8 +130,10 @@ def interpret(status: int | None, console: list[str], output_tail: list[str],
     if status is not None:
         return status
     if looks_like_panic(console):
-        raise VmPanic("guest kernel panicked before the command reported a status; "
-                      + _console_report(_from_first_panic(console)))
+        excerpt = _from_first_panic(console)
+        panic = VmPanic("guest kernel panicked before the command reported a status; " + _console_report(excerpt))
+        panic.panic_line = excerpt[0].strip()
+        raise panic
     details = [_console_report(console[-CONSOLE_TAIL_LINES:])]
     if output_tail:
         details.append("last output lines:\n" + _indent(output_tail[-CONSOLE_TAIL_LINES:]))

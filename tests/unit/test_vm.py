@@ -50,6 +50,7 @@ def test_interpret_panic_without_status_is_vmpanic_with_console_tail():
         vm.interpret(None, vm.console_lines(PANIC_CONSOLE), ["out"], 0)
     assert err.value.exit_code == 125
     assert "Kernel panic - not syncing" in str(err.value)
+    assert err.value.panic_line == "[    3.101] BUG: kernel NULL pointer dereference, address: 0000000000000000"  # the cause
 
 
 def test_interpret_silent_death_is_vmerror():
