@@ -40,6 +40,10 @@ def register(subparsers) -> None:
     r.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default: 2)")
     r.add_argument("--rwdir", action="append", default=[], type=Path, metavar="DIR",
                    help="extra host dir the guest may write (project dir and bpfkit cache always are)")
+    r.add_argument("--panic-retries", type=int, default=0, metavar="N",
+                   help="when the guest kernel dies while the command runs, boot again and run the whole "
+                        "command again, up to N times; each death is printed with its panic line (for a "
+                        "command safe to repeat; default: %(default)s)")
     r.add_argument("--json", action="store_true",
                    help="capture the guest output and print one JSON result instead of streaming")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...", help="command to run in the guest")
@@ -227,6 +231,8 @@ def handle_run(args) -> int:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.cpus < 1:
         raise UsageError(f"--cpus must be >= 1, got {args.cpus}")
+    if args.panic_retries < 0:
+        raise UsageError(f"--panic-retries must be >= 0, got {args.panic_retries}")
     kernel = args.kernel
     if kernel is None:
         kernel = kbuild.default_kernel(args.flavour).bzimage
@@ -234,7 +240,7 @@ def handle_run(args) -> int:
         raise UsageError(f"--kernel {kernel}: no such file or directory")
     try:
         result = vm.run(command, kernel=kernel, timeout=args.timeout, mem=args.mem, cpus=args.cpus,
-                        rwdirs=args.rwdir, capture=args.json)
+                        rwdirs=args.rwdir, capture=args.json, panic_retries=args.panic_retries)
     except VmError as exc:
         if args.json:  # keep stdout parseable; the CLI still prints the error on stderr
             print(json.dumps({"exit_code": exc.exit_code, "error": exc.message}, indent=2))

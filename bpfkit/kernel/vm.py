@@ -390,11 +390,17 @@ def run(
     rwdirs=(),
     env: dict[str, str] | None = None,
     capture: bool = False,
+    panic_retries: int = 0,
 ) -> VmResult:
     """Boot `kernel` (default: the cached default build), run `command` (an argv
     list, never a shell string) in the guest with the host cwd, return its status.
     Streams guest stdout/stderr live unless capture=True. Raises VmTimeout (124),
-    VmPanic (125) or VmError (126) when the guest gives no status."""
+    VmPanic (125) or VmError (126) when the guest gives no status. panic_retries:
+    boot again and run the whole command again, up to that many times, when the
+    guest kernel dies while the command runs (for a command that is safe to
+    repeat from the start in a fresh guest)."""
+    if panic_retries < 0:
+        raise UsageError(f"panic retries must be >= 0, got {panic_retries}")
     if not command or not all(isinstance(arg, str) for arg in command):
         raise UsageError("no command given to run in the VM (expected: -- CMD [ARGS...])")
     if not timeout or timeout <= 0:
@@ -413,8 +419,18 @@ def run(
     _check_host_tools()
     with machine_lock(command) as lock_fd:
         accel = choose_accel(bzimage)
-        return _boot(command, kernel=bzimage, accel=accel, timeout=timeout, mem=str(mem), cpus=cpus,
-                     rwdirs=rwdir_paths, env=env, capture=capture, lock_fd=lock_fd)
+        for attempt in range(1 + panic_retries):
+            try:
+                return _boot(command, kernel=bzimage, accel=accel, timeout=timeout, mem=str(mem), cpus=cpus,
+                             rwdirs=rwdir_paths, env=env, capture=capture, lock_fd=lock_fd)
+            except VmPanic as exc:
+                # a guest that died while booting was booted again once already (_boot)
+                if attempt == panic_retries or not exc.command_started:
+                    raise
+                print(f"bpfkit: the guest kernel died while the command ran ({exc.panic_line or 'no panic line'}); "
+                      f"booting again to run it again ({attempt + 1} of {panic_retries})\n"
+                      f"{_indent(str(exc).splitlines()[1:4])}", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

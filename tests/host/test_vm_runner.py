@@ -125,6 +125,26 @@ def test_guest_kernel_panic_exits_125_with_console_lines(kernel):
                timeout=300, capture=True)
     assert err.value.exit_code == 125
     assert "Kernel panic" in str(err.value)
+    assert "sysrq" in err.value.panic_line.lower(), err.value.panic_line
+
+
+def test_panic_retries_run_the_command_again_in_a_new_guest(kernel, tmp_path):
+    """The first guest crashes itself mid-command; --panic-retries 1 boots a second one, which
+    runs the whole command again and its status is the run's. Without the option: exit 125."""
+    marker = tmp_path / "crashed-once"
+    script = (f'if [ ! -e {marker} ]; then echo x > {marker}; sync; echo c > /proc/sysrq-trigger; sleep 60; fi; '
+              'echo second-guest; exit 4')
+    cli = [sys.executable, "-m", "bpfkit", "vm", "run", "--timeout", "300", "--rwdir", str(tmp_path)]
+    proc = subprocess.run([*cli, "--panic-retries", "1", "--", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stdout.strip() == "second-guest"
+    assert "died while the command ran" in proc.stderr and "(1 of 1)" in proc.stderr, proc.stderr
+    assert "sysrq" in proc.stderr.lower()
+    marker.unlink()
+    proc = subprocess.run([*cli, "--", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 125, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _lock_is_free(path: Path | None = None) -> bool:
