@@ -419,18 +419,8 @@ def run(
     _check_host_tools()
     with machine_lock(command) as lock_fd:
         accel = choose_accel(bzimage)
-        for attempt in range(1 + panic_retries):
-            try:
-                return _boot(command, kernel=bzimage, accel=accel, timeout=timeout, mem=str(mem), cpus=cpus,
-                             rwdirs=rwdir_paths, env=env, capture=capture, lock_fd=lock_fd)
-            except VmPanic as exc:
-                # a guest that died while booting was booted again once already (_boot)
-                if attempt == panic_retries or not exc.command_started:
-                    raise
-                print(f"bpfkit: the guest kernel died while the command ran ({exc.panic_line or 'no panic line'}); "
-                      f"booting again to run it again ({attempt + 1} of {panic_retries})\n"
-                      f"{_indent(str(exc).splitlines()[1:4])}", file=sys.stderr)
-    raise AssertionError("unreachable")
+        return _boot(command, kernel=bzimage, accel=accel, timeout=timeout, mem=str(mem), cpus=cpus,
+                     rwdirs=rwdir_paths, env=env, capture=capture, lock_fd=lock_fd, panic_retries=panic_retries)
 
 
 @contextlib.contextmanager
@@ -449,9 +439,11 @@ def machine_lock(command: list[str]):
 
 
 def _boot(command: list[str], *, kernel: Path, accel: str, timeout: float, mem: str, cpus: int,
-          rwdirs, env: dict[str, str] | None, capture: bool, lock_fd: int | None = None) -> VmResult:
+          rwdirs, env: dict[str, str] | None, capture: bool, lock_fd: int | None = None,
+          panic_retries: int = 0) -> VmResult:
     vng = find_vng()
-    for attempt in range(1 + BOOT_PANIC_RETRIES):
+    boot_deaths = command_deaths = 0
+    while True:
         workdir = Path(tempfile.mkdtemp(prefix="bpfkit-vm-"))
         try:
             return _boot_in(workdir, vng, command, kernel=kernel, accel=accel, timeout=timeout,
@@ -460,15 +452,25 @@ def _boot(command: list[str], *, kernel: Path, accel: str, timeout: float, mem: 
             # A guest that dies while booting never ran the command, so booting it
             # again changes nothing the command did.  Under TCG this happens now and
             # then (an int3 left by the kernel's boot-time text patching, seen by the
-            # other vCPU: emulated cross-modifying code); a panic once the command
-            # runs is the command's outcome and is never retried.
-            if exc.command_started or attempt == BOOT_PANIC_RETRIES:
-                raise
-            print(f"bpfkit: the guest kernel died while booting, before the command ran; booting again\n"
-                  f"{_indent(str(exc).splitlines()[1:4])}", file=sys.stderr)
+            # other vCPU: emulated cross-modifying code).  A panic once the command
+            # runs is the command's outcome, run again only when the caller said the
+            # command is safe to repeat whole (panic_retries).
+            if exc.command_started:
+                command_deaths += 1
+                if command_deaths > panic_retries:
+                    raise
+                boot_deaths = 0  # each run of the command gets its own boot retry
+                print(f"bpfkit: the guest kernel died while the command ran ({exc.panic_line or 'no panic line'}); "
+                      f"booting again to run it again ({command_deaths} of {panic_retries})", file=sys.stderr)
+            else:
+                boot_deaths += 1
+                if boot_deaths > BOOT_PANIC_RETRIES:
+                    raise
+                print("bpfkit: the guest kernel died while booting, before the command ran; booting again",
+                      file=sys.stderr)
+            print(_indent(str(exc).splitlines()[1:4]), file=sys.stderr)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    raise AssertionError("unreachable")
 
 
 # virtme-ng-init starts udevd, triggers a coldplug of every device and waits for udev to settle
